@@ -1,0 +1,213 @@
+"""Timing helpers shared by `scripts/bench_train.py` and `scripts/bench_decode.py`.
+
+Benchmarks here compare hf_attn against transformers' own Llama / DeepseekV3 classes carrying the
+*same* weights (through `to_llama` / `to_deepseek_v3`), in one process, with the runs of the models
+interleaved. On a shared, noisy CPU that matters more than anything else: a slow spell hits both
+models alike, so the per-model medians and their ratio stay meaningful even when absolute times
+drift. Every repetition also flips the order of the models, so neither always runs "warm" after
+the other.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from .configuration_hf_attn import HfAttnConfig
+from .export import to_deepseek_v3, to_llama
+from .modeling_hf_attn import HfAttnForCausalLM
+
+
+def swiglu_intermediate_size(hidden_size: int, multiple_of: int = 8) -> int:
+    """4 * hidden * 2/3 rounded to the nearest multiple of `multiple_of`: a SwiGLU MLP with the
+    parameter count of a 4x GELU MLP (Shazeer 2020; Llama rounds the same way, upwards, to 256)."""
+    return multiple_of * round(4 * hidden_size * 2 / 3 / multiple_of)
+
+
+def build_model(config: HfAttnConfig, attn_implementation: str = "sdpa", seed: int = 0) -> HfAttnForCausalLM:
+    """A float32 `HfAttnForCausalLM` with seeded random weights and the given attention kernel."""
+    torch.manual_seed(seed)
+    return HfAttnForCausalLM._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+
+
+def reference_twin(model: HfAttnForCausalLM):
+    """transformers' own class with `model`'s weights: DeepseekV3 for MLA, Llama otherwise."""
+    return to_deepseek_v3(model) if model.config.attention_type == "mla" else to_llama(model)
+
+
+def alternating_order(names: list[str], i: int) -> list[str]:
+    """Repetition i runs `names` in order when i is even and in reverse when i is odd."""
+    return list(names) if i % 2 == 0 else list(reversed(names))
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 0, desc: str | None = None
+) -> dict[str, list[float]]:
+    """Run every function `warmup` times, then `repeats` times each, interleaved, in milliseconds.
+
+    Repetition i runs the functions in `alternating_order`.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in tqdm(range(repeats), desc=desc, leave=False, disable=desc is None):
+        for name in alternating_order(names, i):
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def summarize(samples: list[float]) -> dict:
+    """Median, min, max and interquartile range of a list of timings."""
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "iqr": q[2] - q[0],
+        "n": len(samples),
+        "samples": samples,
+    }
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    """A plain text table; floats are printed with 3 significant digits after the point."""
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:,.2f}" if abs(v) >= 10 else f"{v:.3f}"
+        return str(v)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text]
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    """What a reader needs to judge a timing: versions, threads, CPU, and the code's git commit."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "hf_attn"], capture_output=True, text=True).stdout)
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": commit,
+        "hf_attn_uncommitted_changes": dirty,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_json(path: str, args, results) -> None:
+    """Write `{"args", "environment", "results"}` to `path`."""
+    with open(path, "w") as f:
+        json.dump({"args": vars(args), "environment": environment(), "results": results}, f, indent=2)
+    print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training step
+
+
+def make_train_step(model: torch.nn.Module, input_ids: torch.Tensor, lr: float = 3e-4) -> Callable[[], float]:
+    """One training step on a fixed batch: forward with labels, backward, AdamW step, zero_grad."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def step() -> float:
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def profile_alternating(fns: dict[str, Callable[[], object]], steps: int) -> dict[str, dict[str, dict]]:
+    """Self CPU time and call count per op, per function, from `steps` profiled calls of each.
+
+    The calls alternate between the functions, one profiler session per call, so load from other
+    processes falls on all of them alike (profiling them one after the other does not compare).
+    Returns {name: {op: {"self_ms": per call of fn, "calls": per call of fn}}}.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    totals: dict[str, dict[str, list[float]]] = {name: {} for name in fns}
+    names = list(fns)
+    for i in tqdm(range(steps), desc="profiling", leave=False):
+        for name in alternating_order(names, i):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fns[name]()
+            for event in prof.key_averages():
+                entry = totals[name].setdefault(event.key, [0.0, 0])
+                entry[0] += event.self_cpu_time_total / 1e3
+                entry[1] += event.count
+    return {
+        name: {op: {"self_ms": t / steps, "calls": c / steps} for op, (t, c) in ops.items()}
+        for name, ops in totals.items()
+    }
+
+
+def profile_table(ops: dict[str, dict], row_limit: int = 15) -> str:
+    """The `row_limit` ops with the most self CPU time, from one entry of `profile_alternating`."""
+    total = sum(v["self_ms"] for v in ops.values())
+    top = sorted(ops.items(), key=lambda kv: -kv[1]["self_ms"])[:row_limit]
+    rows = [[op[:60], v["self_ms"], 100 * v["self_ms"] / total, f"{v['calls']:g}"] for op, v in top]
+    table = format_table(["op", "self ms/step", "% self", "calls/step"], rows)
+    return f"{table}\ntotal self CPU {total:.1f} ms/step"
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def cache_bytes(cache: DynamicCache) -> int:
+    """Bytes held by a cache: the keys and values tensors of every layer."""
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+@torch.inference_mode()
+def prefill(model: torch.nn.Module, prompt: torch.Tensor) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, float]:
+    """Run `prompt` (B, T) through `model` into a fresh DynamicCache.
+
+    Only the last position's logits are computed (`logits_to_keep=1`), as `generate` does.
+    Returns the cache, the greedy next token (B, 1), the last logits (B, vocab) and the seconds taken.
+    """
+    cache = DynamicCache(config=model.config)
+    start = time.perf_counter()
+    logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    seconds = time.perf_counter() - start
+    return cache, logits.argmax(-1, keepdim=True), logits, seconds
+
+
+@torch.inference_mode()
+def greedy_decode(model: torch.nn.Module, cache: DynamicCache, token: torch.Tensor, steps: int) -> tuple[list[int], float]:
+    """`steps` greedy decode steps, one token each, extending `cache`; returns the tokens and seconds."""
+    tokens = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits = model(input_ids=token, cache=cache, use_cache=True).logits
+        token = logits[:, -1:].argmax(-1)  # (B, 1)
+        tokens.append(token.item())
+    return tokens, time.perf_counter() - start
