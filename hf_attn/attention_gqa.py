@@ -29,8 +29,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates `x` (B, heads, T, rope_dim) by position; `cos`/`sin` are (B, T, rope_dim)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, rope_dim): broadcast over heads
+    """Rotates `x` (B, T, heads, rope_dim) by position; `cos`/`sin` are (B, T, rope_dim)."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, rope_dim): broadcast over heads
     return x * cos + rotate_half(x) * sin
 
 
@@ -92,13 +92,22 @@ class HfAttnAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq_len, _ = hidden_states.shape
-        # (B, T, n, head_dim) -> (B, n, T, head_dim)
-        query = self.q_proj(hidden_states).view(batch, seq_len, -1, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(batch, seq_len, -1, self.head_dim).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(batch, seq_len, -1, self.head_dim).transpose(1, 2)
-
         cos, sin = position_embeddings
-        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        n_q, n_kv = self.num_heads, self.num_key_value_heads
+        if self.training:
+            # One matmul for q, k and v, and one RoPE pass over q and k together: at small widths the
+            # step time is dominated by the number of ops, and backward also saves two grad sums.
+            qkv = self._fused_qkv(hidden_states).view(batch, seq_len, n_q + 2 * n_kv, self.head_dim)
+            query_key = apply_rotary(qkv[:, :, : n_q + n_kv], cos, sin)  # (B, T, n_q + n_kv, head_dim)
+            query, key = query_key.split([n_q, n_kv], dim=2)
+            value = qkv[:, :, n_q + n_kv :]
+        else:
+            # Inference keeps three matmuls: concatenating the weights would copy them on every step.
+            query = apply_rotary(self.q_proj(hidden_states).view(batch, seq_len, n_q, self.head_dim), cos, sin)
+            key = apply_rotary(self.k_proj(hidden_states).view(batch, seq_len, n_kv, self.head_dim), cos, sin)
+            value = self.v_proj(hidden_states).view(batch, seq_len, n_kv, self.head_dim)
+        # (B, T, n, head_dim) -> (B, n, T, head_dim)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
 
         if cache is not None:
             # Returns every cached position for this layer: (B, kv_heads, past + T, head_dim)
@@ -119,3 +128,11 @@ class HfAttnAttention(nn.Module):
         )
         output = output.reshape(batch, seq_len, -1)  # (B, T, heads * head_dim)
         return self.o_proj(output), weights
+
+    def _fused_qkv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """q_proj, k_proj and v_proj as one matmul: (B, T, (n_q + 2 n_kv) * head_dim)."""
+        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        bias = None
+        if self.q_proj.bias is not None:
+            bias = torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
+        return nn.functional.linear(hidden_states, weight, bias)

@@ -88,18 +88,19 @@ class HfAttnMLAttention(nn.Module):
             query = self.q_proj(hidden_states)
         else:
             query = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden_states)))
-        query = query.view(batch, seq_len, self.num_heads, self.qk_head_dim).transpose(1, 2)  # (B, H, T, nope+rope)
+        query = query.view(batch, seq_len, self.num_heads, self.qk_head_dim)  # (B, T, H, nope + rope)
         q_nope, q_rope = query.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
 
         latent, k_rope = self.kv_a_proj_with_mqa(hidden_states).split(
             [self.kv_lora_rank, self.qk_rope_head_dim], dim=-1
         )
+        cos, sin = position_embeddings
+        q_rope = apply_rotary(q_rope, cos, sin)  # (B, T, H, rope)
+        k_rope = apply_rotary(k_rope.unsqueeze(2), cos, sin)  # (B, T, 1, rope): one key shared by all heads
+        q_nope, q_rope = q_nope.transpose(1, 2), q_rope.transpose(1, 2)  # (B, H, T, dim)
         # Both are viewed as one head so any transformers cache layer stores them: (B, 1, T, dim)
         latent = self.kv_a_layernorm(latent).unsqueeze(1)
-        k_rope = k_rope.unsqueeze(1)
-
-        cos, sin = position_embeddings
-        q_rope, k_rope = apply_rotary(q_rope, cos, sin), apply_rotary(k_rope, cos, sin)
+        k_rope = k_rope.transpose(1, 2)
 
         if cache is not None:
             # The cache stores only the latent ("keys") and the RoPE key ("values"): (B, 1, S, dim)
