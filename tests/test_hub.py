@@ -64,7 +64,8 @@ def make_run_folder(path: Path, attention_type: str = "mla", seed: int = 0) -> P
         "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"))
     (path / "report.md").write_text("# Run report\n")
     (path / "optimizer.pt").write_bytes(b"not uploaded")  # training state: never staged
-    (path / "training_args.json").write_text(json.dumps({"dataset": None, "text_files": None, "seed": seed}))
+    corpus = {"text_files": ["/data/genesis.txt"], "dataset": None, "val_fraction": 0.1, "split": "chars"}
+    (path / "train_args.json").write_text(json.dumps({"corpus": corpus, "block_size": 64, "batch_size": 8}))
     return path
 
 
@@ -109,6 +110,7 @@ def test_dry_run_folder_and_card(run_dir, staged):
     assert f"| KV cache per token | {kv:,} elements" in text and f"{kv * 4} B in float32" in text
     assert "**val_loss**: 2.2500" in text  # the last of 12 evaluations: 5.0 - 0.25 * 11
     assert text.count("\n| 1,200 |") == 1 and len([l for l in text.splitlines() if l.startswith("| ")]) >= 8
+    assert "Local text files `genesis.txt`; validation: 10% by chars split. Trained on blocks of 64 tokens" in text
     assert "![Training and validation loss](loss.png)" in text
     assert f'AutoModelForCausalLM.from_pretrained("{REPO_ID}", trust_remote_code=True)' in text
     assert f'pipeline("text-generation", model="{REPO_ID}", trust_remote_code=True)' in text
