@@ -7,9 +7,6 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from hf_attn import HfAttnConfig
 
-ALL_TYPES = ("mha", "gqa", "mqa", "mla")
-
-
 def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torch.nn.Module:
     """Fills every parameter with seeded noise, in place.
 
