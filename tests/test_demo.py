@@ -6,14 +6,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
 from hf_attn.demo import ERROR_PREFIX, load_models, stream_all
-from test_hub import free_port, make_run_folder
+from test_hub import free_port, make_run_folder, stop, wait_for_http
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
@@ -88,15 +87,7 @@ def test_page_in_headless_chromium(model_dirs, models, tmp_path):
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the demo did not answer within 60 s"
-                time.sleep(0.3)
+        wait_for_http(url, server, tmp_path / "demo.log", 60)
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,
@@ -127,11 +118,7 @@ def test_page_in_headless_chromium(model_dirs, models, tmp_path):
             finally:
                 browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()
 
 

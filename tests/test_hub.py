@@ -172,6 +172,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(url: str, server: subprocess.Popen, log: Path, timeout_s: float) -> bytes:
+    """Poll `url` until it answers; fail with the server's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read()
+        except OSError:
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{url} did not answer within {timeout_s} s"
+            time.sleep(0.3)
+
+
+def stop(server: subprocess.Popen):
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def test_download_by_repo_id_over_http(run_dir, staged, tmp_path):
     """Serve the staged folder as a git repo through olah (a Hub mirror) on 127.0.0.1, download it
     with snapshot_download, then load it by repo id with HF_HUB_OFFLINE=1 (olah answers 401 for
@@ -206,16 +228,8 @@ def test_download_by_repo_id_over_http(run_dir, staged, tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", "olah.toml", "--log-path", "logs"],
                               cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{endpoint}/api/models/{REPO_ID}/revision/main", timeout=2) as r:
-                    assert json.load(r)["id"] == REPO_ID
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "olah.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "olah did not answer within 30 s"
-                time.sleep(0.3)
+        info = wait_for_http(f"{endpoint}/api/models/{REPO_ID}/revision/main", server, tmp_path / "olah.log", 30)
+        assert json.loads(info)["id"] == REPO_ID
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
         env.update(HF_HOME=str(tmp_path / "hf_home"), HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1")
         code = "import sys; from huggingface_hub import snapshot_download; print(snapshot_download(sys.argv[1]))"
@@ -223,11 +237,7 @@ def test_download_by_repo_id_over_http(run_dir, staged, tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr[-3000:]
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()
     snapshot = Path(proc.stdout.strip().splitlines()[-1])
     assert {p.name for p in snapshot.iterdir()} == EXPECTED_FILES
