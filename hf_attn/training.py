@@ -299,6 +299,11 @@ def train(args: TrainArgs) -> dict:
     prepare_output_dir(args, is_main)
     accelerator.wait_for_everyone()
     resume_from = latest_checkpoint(args.output_dir) if args.resume else None
+    ckpt_root = os.path.join(args.output_dir, "checkpoints")
+    if is_main and os.path.isdir(ckpt_root):  # saves cut short by a kill
+        for name in os.listdir(ckpt_root):
+            if name.startswith("tmp-"):
+                shutil.rmtree(os.path.join(ckpt_root, name))
 
     splits = load_text_splits(args.corpus)
     tokenizer = load_tokenizer(args, splits["train"]["text"], accelerator)
@@ -333,11 +338,15 @@ def train(args: TrainArgs) -> dict:
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
     step, tokens, train_time = 0, 0, 0.0
+    # Per-step losses and time since the last log / evaluation: checkpointed, so that a resumed run
+    # logs the same interval means as an uninterrupted one.
+    intervals = {"log": {"losses": [], "time": 0.0}, "eval": {"losses": [], "time": 0.0}}
     if resume_from is not None:
         accelerator.load_state(resume_from)
         with open(os.path.join(resume_from, "trainer_state.json")) as f:
             state = json.load(f)
         step, tokens, train_time = state["step"], state["tokens"], state["train_time_s"]
+        intervals = state["intervals"]
         if is_main:
             for path in (metrics_path, log_path):
                 _truncate_jsonl(path, step)
@@ -364,29 +373,25 @@ def train(args: TrainArgs) -> dict:
             yield from loader
             epoch, skip = epoch + 1, 0
 
-    def evaluate_now(interval_losses: list[float], interval_time: float, interval_steps: int) -> dict:
+    def evaluate_now(interval: dict) -> dict:
         mean_loss, _ = evaluate_loss(model, val_loader, accelerator, max_batches=eval_batches)
         m = lm_metrics(mean_loss, data.stats["validation"])
-        train_loss = torch.tensor(sum(interval_losses) / max(len(interval_losses), 1), device=accelerator.device)
+        n = len(interval["losses"])
         return {
             "step": step,
             "tokens": tokens,
-            "train_loss": accelerator.reduce(train_loss, "mean").item(),
+            "train_loss": sum(interval["losses"]) / n,
             "val_loss": m["val_loss"],
             "perplexity": m["perplexity"],
             "val_bits_per_char": m["bits_per_char"],
             "val_bits_per_byte": m["bits_per_byte"],
             "lr": scheduler.get_last_lr()[0],
             "elapsed_s": train_time,
-            "step_time_s": interval_time / max(interval_steps, 1),
+            "step_time_s": interval["time"] / n,
         }
 
     stream = micro_batches(step * args.grad_accum)
     progress = tqdm(total=max_steps, initial=step, disable=not (is_main and args.progress), desc="train")
-    eval_losses: list[float] = []  # per-step train losses since the last evaluation
-    log_losses: list[float] = []
-    eval_time = log_time = 0.0
-    eval_steps = log_steps = 0
     first_hash_logged = resume_from is not None
     model.train()
     while step < max_steps:
@@ -414,11 +419,11 @@ def train(args: TrainArgs) -> dict:
         tokens += tokens_per_step
         elapsed = time.perf_counter() - step_start
         train_time += elapsed
-        loss_value = step_loss.item() / args.grad_accum  # this process's mean over the step's micro-batches
-        eval_losses.append(loss_value)
-        log_losses.append(loss_value)
-        eval_time, log_time = eval_time + elapsed, log_time + elapsed
-        eval_steps, log_steps = eval_steps + 1, log_steps + 1
+        # mean over the step's micro-batches and processes (one scalar all-reduce)
+        loss_value = accelerator.reduce(step_loss, "mean").item() / args.grad_accum
+        for interval in intervals.values():
+            interval["losses"].append(loss_value)
+            interval["time"] += elapsed
         progress.update(1)
 
         out_of_time = args.max_time is not None and time.perf_counter() - start >= args.max_time
@@ -427,24 +432,25 @@ def train(args: TrainArgs) -> dict:
         last = step >= max_steps or out_of_time
 
         if step % args.log_every == 0 or last:
-            log_loss = accelerator.reduce(
-                torch.tensor(sum(log_losses) / len(log_losses), device=accelerator.device), "mean"
-            ).item()
+            log = intervals["log"]
+            log_steps = len(log["losses"])
+            log_loss = sum(log["losses"]) / log_steps
             record = {
                 "step": step,
                 "tokens": tokens,
                 "train_loss": log_loss,
                 "lr": scheduler.get_last_lr()[0],
-                "step_time_s": log_time / log_steps,
+                "step_time_s": log["time"] / log_steps,
                 "elapsed_s": train_time,
             }
-            progress.set_postfix(loss=f"{log_loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_step * log_steps / log_time:.0f}")
+            tok_s = tokens_per_step * log_steps / log["time"]
+            progress.set_postfix(loss=f"{log_loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{tok_s:.0f}")
             accelerator.log({"train/loss": log_loss, "train/lr": record["lr"], "train/step_time_s": record["step_time_s"]}, step=step)
             if is_main:
                 _append_jsonl(log_path, record)
-            log_losses, log_time, log_steps = [], 0.0, 0
+            intervals["log"] = {"losses": [], "time": 0.0}
         if step % args.eval_every == 0 or last:
-            record = evaluate_now(eval_losses, eval_time, eval_steps)
+            record = evaluate_now(intervals["eval"])
             accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("step", "tokens")}, step=step)
             if is_main:
                 _append_jsonl(metrics_path, record)
@@ -452,9 +458,10 @@ def train(args: TrainArgs) -> dict:
                     f"step {step}: train {record['train_loss']:.4f} val {record['val_loss']:.4f} "
                     f"bpc {record['val_bits_per_char']:.4f}"
                 )
-            eval_losses, eval_time, eval_steps = [], 0.0, 0
+            intervals["eval"] = {"losses": [], "time": 0.0}
         if args.save_every and step % args.save_every == 0 and not last:
-            save_checkpoint(accelerator, args, step, {"step": step, "tokens": tokens, "train_time_s": train_time})
+            state = {"step": step, "tokens": tokens, "train_time_s": train_time, "intervals": intervals}
+            save_checkpoint(accelerator, args, step, state)
         if out_of_time:
             break
     progress.close()
@@ -504,8 +511,8 @@ def _finish(args, accelerator, model, tokenizer, config, step, tokens, train_tim
             from .hub import push_to_hub  # written separately; only needed here
 
             push_to_hub(args.output_dir, args.hub_repo_id, private=args.hub_private, revision=args.hub_revision)
-    accelerator.end_training()
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # also tears down the process group
     return summary
 
 
