@@ -164,10 +164,10 @@ class HfAttnMLAttention(nn.Module):
         scores = (scores * self.scaling).view(batch, heads, seq_len, kv_len)
 
         if attention_mask is None and seq_len > 1:
-            # sdpa may drop the mask when it is purely causal; the chunk's token i sees past + i.
-            positions = torch.arange(kv_len, device=scores.device)
-            attention_mask = positions[None, :] <= positions[-seq_len:, None]  # (T, S)
-            attention_mask = attention_mask[None, None]
+            # transformers drops the mask for sdpa only where sdpa's upper-left `is_causal` is right:
+            # q_len == kv_len, or a prefill into an empty static cache whose tail slots must stay
+            # unseen. Reproduce that alignment: query i sees keys 0..i.
+            attention_mask = torch.ones(seq_len, kv_len, dtype=torch.bool, device=scores.device).tril()[None, None]
         if attention_mask is not None:
             attention_mask = attention_mask[..., :kv_len]
             if attention_mask.dtype == torch.bool:

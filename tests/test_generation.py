@@ -7,6 +7,8 @@ from transformers import DynamicCache, StaticCache, pipeline
 
 from hf_attn import ATTENTION_TYPES
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 PAD = 0
 NEW = 8
 
@@ -52,22 +54,8 @@ def test_left_padded_batch_equals_each_prompt_alone(make_model, attention_type):
     assert len(set(together[:, ids.shape[1] :].flatten().tolist())) > NEW
 
 
-STATIC_PREFILL_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="model bug: attention_mla.py _absorbed_attention builds a lower-right causal mask when "
-    "sdpa drops the mask, but transformers drops it for a StaticCache prefill relying on sdpa's "
-    "upper-left is_causal; the prompt then attends to future and empty static slots",
-)
-
-
-@pytest.mark.parametrize(
-    "attention_type, padded",
-    [
-        pytest.param(t, p, id=f"{t}-{'leftpad' if p else 'nomask'}", marks=STATIC_PREFILL_BUG if (t, p) == ("mla", False) else ())
-        for t in ATTENTION_TYPES
-        for p in (False, True)
-    ],
-)
+@pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_static_cache_equals_dynamic_cache(make_model, attention_type, padded):
     model = make_model(attention_type)
     ids, mask = left_pad(prompts() if padded else prompts(lengths=(7, 7, 7)))
