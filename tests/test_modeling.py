@@ -8,6 +8,8 @@ from transformers import AutoModelForCausalLM, DynamicCache, LlamaForCausalLM
 from hf_attn import ATTENTION_TYPES, HfAttnConfig, HfAttnForCausalLM, to_llama
 from hf_attn.export import llama_config
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 GQA_FAMILY = ("mha", "gqa", "mqa")
 # Absorbed MLA decode and sdpa reorder float32 sums; logits are O(1), so this is still ~1e-5 relative.
 TOL = dict(rtol=1e-4, atol=1e-5)

@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MODELING_FILES = {"configuration_hf_attn.py", "modeling_hf_attn.py", "attention_gqa.py", "attention_mla.py"}
 
 # Runs in the child process. `sys.modules["hf_attn"] = None` makes every `import hf_attn` raise
@@ -83,7 +85,8 @@ def test_load_with_remote_code_without_hf_attn(make_model, tmp_path, attention_t
     script.write_text(LOADER)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")}
     modules_cache = tmp_path / "modules"
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(modules_cache), HF_HUB_OFFLINE="1")
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(modules_cache), HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
     run = subprocess.run(
         [sys.executable, str(script), str(folder), str(tmp_path / "inputs.safetensors"),
          str(tmp_path / "outputs.safetensors"), str(torch.get_num_threads())],
