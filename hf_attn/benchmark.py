@@ -81,6 +81,12 @@ def summarize(samples: list[float]) -> dict:
     }
 
 
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median of a[i] / b[i]: runs i of two interleaved functions saw nearly the same machine load,
+    so on a noisy machine this is steadier than the ratio of the two medians."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
 def format_table(headers: list[str], rows: list[list]) -> str:
     """A plain text table; floats are printed with 3 significant digits after the point."""
 
