@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.testing import assert_close
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -68,3 +69,47 @@ def byte_tokenizer():
     tok.add_special_tokens(["<|endoftext|>", "<|pad|>"])
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
 
+
+
+@pytest.fixture
+def padded_batch():
+    """Factory: `padded_batch((12, 9, 5), seed=0)` gives random ids (B, T) with left padding and their mask."""
+
+    def make(lengths, seed: int = 0, vocab: int = 256):
+        generator = torch.Generator().manual_seed(seed)
+        width = max(lengths)
+        ids = torch.randint(0, vocab, (len(lengths), width), generator=generator)
+        mask = torch.zeros_like(ids)
+        for row, length in enumerate(lengths):
+            mask[row, width - length :] = 1
+        return ids, mask
+
+    return make
+
+
+@pytest.fixture
+def check_training_step():
+    """Checker: `check_training_step(model, export, ids)` with `export` one of hf_attn's `to_llama` / `to_deepseek_v3`.
+
+    Train mode takes its own code path (fused projections), so this checks, against the exported
+    transformers model with the same weights, that train-mode logits equal eval-mode logits and that
+    the loss and every parameter's gradient match.
+    """
+
+    def check(model, export, ids):
+        with torch.no_grad():
+            eval_logits = model(input_ids=ids, use_cache=False).logits
+        model.train()
+        reference = export(model).train()
+        ours = model(input_ids=ids, labels=ids, use_cache=False)
+        theirs = reference(input_ids=ids, labels=ids, use_cache=False)
+        assert_close(ours.logits.detach(), eval_logits, rtol=1e-4, atol=1e-5)
+        assert_close(ours.loss, theirs.loss, rtol=1e-4, atol=1e-5)
+        ours.loss.backward()
+        theirs.loss.backward()
+        reference_params = dict(reference.named_parameters())
+        for name, param in model.named_parameters():
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+            assert_close(param.grad, reference_params[name].grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+    return check

@@ -16,17 +16,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def left_padded_batch(lengths, seed=0, vocab=256):
-    """Random ids (B, T) with left padding, and the matching attention mask."""
-    generator = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.randint(0, vocab, (len(lengths), width), generator=generator)
-    mask = torch.zeros_like(ids)
-    for row, length in enumerate(lengths):
-        mask[row, width - length :] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def logits_of(model, ids, mask=None, **kwargs):
     return model(input_ids=ids, attention_mask=mask, **kwargs).logits
@@ -66,7 +55,7 @@ def mla_paths(monkeypatch):
 
 @pytest.mark.parametrize("attention_bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("q_lora_rank", [None, 24], ids=["q_full", "q_lora"])
-def test_deepseek_v3_parity(make_model, mla_paths, q_lora_rank, attention_bias):
+def test_deepseek_v3_parity(make_model, padded_batch, mla_paths, q_lora_rank, attention_bias):
     model = make_model("mla", q_lora_rank=q_lora_rank, attention_bias=attention_bias)
     reference = to_deepseek_v3(model)
     assert type(reference) is DeepseekV3ForCausalLM
@@ -74,7 +63,7 @@ def test_deepseek_v3_parity(make_model, mla_paths, q_lora_rank, attention_bias):
 
     # 20 tokens: a cached prefill takes the naive path; 9 tokens: it takes the absorbed path
     for lengths in ((20, 14, 6), (9, 7, 3)):
-        ids, mask = left_padded_batch(lengths)
+        ids, mask = padded_batch(lengths)
         valid = mask.bool()
         for use_cache in (False, True):
             ours = logits_of(model, ids, use_cache=use_cache)
@@ -89,23 +78,11 @@ def test_deepseek_v3_parity(make_model, mla_paths, q_lora_rank, attention_bias):
 
 
 @pytest.mark.parametrize("q_lora_rank", [None, 24], ids=["q_full", "q_lora"])
-def test_deepseek_v3_parity_in_training(make_model, q_lora_rank):
+def test_deepseek_v3_parity_in_training(make_model, padded_batch, check_training_step, q_lora_rank):
     """Train mode takes its own code path: loss and every gradient must still match DeepseekV3."""
     model = make_model("mla", q_lora_rank=q_lora_rank, attention_bias=True)
-    ids, _ = left_padded_batch((12, 12))
-    eval_logits = logits_of(model, ids, use_cache=False)
-    model.train()
-    reference = to_deepseek_v3(model).train()
-    ours = model(input_ids=ids, labels=ids, use_cache=False)
-    theirs = reference(input_ids=ids, labels=ids, use_cache=False)
-    assert_close(ours.logits.detach(), eval_logits, **TOL)
-    assert_close(ours.loss, theirs.loss, **TOL)
-    ours.loss.backward()
-    theirs.loss.backward()
-    reference_params = dict(reference.named_parameters())
-    for name, param in model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
-        assert_close(param.grad, reference_params[name].grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    ids, _ = padded_batch((12, 12))
+    check_training_step(model, to_deepseek_v3, ids)
 
 
 @pytest.mark.parametrize("q_lora_rank", [None, 24], ids=["q_full", "q_lora"])
@@ -119,10 +96,10 @@ def test_deepseek_v3_state_dict_names_and_shapes_equal(make_model, q_lora_rank):
     assert any(".self_attn.q_a_proj." in k for k in ours) == (q_lora_rank is not None)
 
 
-def test_deepseek_v3_parity_is_sensitive(make_model):
+def test_deepseek_v3_parity_is_sensitive(make_model, padded_batch):
     model = make_model("mla")
     reference = to_deepseek_v3(model)
-    ids, _ = left_padded_batch((12,))
+    ids, _ = padded_batch((12,))
     assert_close(logits_of(model, ids), logits_of(reference, ids), **TOL)
     with torch.no_grad():
         model.model.layers[0].self_attn.kv_b_proj.weight[7, 3] += 0.5
@@ -142,9 +119,9 @@ def _same_weight_pair(make_model, modes, **overrides):
 
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
 @pytest.mark.parametrize("q_lora_rank", [None, 24], ids=["q_full", "q_lora"])
-def test_absorbed_step_decode_equals_naive(make_model, mla_paths, q_lora_rank, padded):
+def test_absorbed_step_decode_equals_naive(make_model, padded_batch, mla_paths, q_lora_rank, padded):
     absorbed, naive = _same_weight_pair(make_model, ("always", "never"), q_lora_rank=q_lora_rank)
-    ids, mask = left_padded_batch((11, 8, 4))
+    ids, mask = padded_batch((11, 8, 4))
     if not padded:
         mask = torch.ones_like(ids)
     sizes = [4] + [1] * 7  # prefill 4, then 7 single-token steps
@@ -160,9 +137,9 @@ def test_absorbed_step_decode_equals_naive(make_model, mla_paths, q_lora_rank, p
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
-def test_auto_cached_decode_equals_full_pass(make_model, mla_paths, padded):
+def test_auto_cached_decode_equals_full_pass(make_model, padded_batch, mla_paths, padded):
     (model,) = _same_weight_pair(make_model, ("auto",))
-    ids, mask = left_padded_batch((24, 21, 9))
+    ids, mask = padded_batch((24, 21, 9))
     if not padded:
         mask = torch.ones_like(ids)
     prefill = ABSORB_MAX_QUERY_LEN + 4  # long enough that "auto" expands it
@@ -179,12 +156,12 @@ def test_auto_cached_decode_equals_full_pass(make_model, mla_paths, padded):
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
-def test_absorbed_chunk_equals_naive(make_model, mla_paths, padded, attn_implementation):
+def test_absorbed_chunk_equals_naive(make_model, padded_batch, mla_paths, padded, attn_implementation):
     """A 4-token chunk after a 6-token prefill: inside the chunk the mask must still be causal."""
     absorbed, naive = _same_weight_pair(
         make_model, ("always", "never"), attn_implementation=attn_implementation
     )
-    ids, mask = left_padded_batch((10, 8, 5))
+    ids, mask = padded_batch((10, 8, 5))
     if not padded:
         mask = torch.ones_like(ids)
     valid = mask.bool()
@@ -206,10 +183,10 @@ def test_absorbed_chunk_equals_naive(make_model, mla_paths, padded, attn_impleme
 # ----------------------------------------------------------------------------- the latent cache
 
 
-def test_dynamic_cache_holds_only_latent_and_rope_key(make_model):
+def test_dynamic_cache_holds_only_latent_and_rope_key(make_model, padded_batch):
     model = make_model("mla", q_lora_rank=24)
     config = model.config
-    ids, mask = left_padded_batch((13, 10))
+    ids, mask = padded_batch((13, 10))
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, use_cache=True)
     cache = out.cache
@@ -240,10 +217,10 @@ def test_dynamic_cache_holds_only_latent_and_rope_key(make_model):
 # With sdpa, transformers passes no mask for a prefill into an empty StaticCache (sdpa's is_causal
 # is upper-left aligned); the absorbed path must then not let the prompt see later or empty slots.
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_static_cache_prefill_and_decode_equal_full_pass(make_model, mla_paths, attn_implementation):
+def test_static_cache_prefill_and_decode_equal_full_pass(make_model, padded_batch, mla_paths, attn_implementation):
     """A short prefill into a StaticCache takes the absorbed path ("auto"); it must equal the full pass."""
     model = make_model("mla", attn_implementation=attn_implementation)
-    ids, _ = left_padded_batch((9, 9))
+    ids, _ = padded_batch((9, 9))
     full = logits_of(model, ids, use_cache=False)
     cache = StaticCache(config=model.config, max_cache_len=16)
     with torch.no_grad():
@@ -257,10 +234,10 @@ def test_static_cache_prefill_and_decode_equal_full_pass(make_model, mla_paths, 
     assert_close(torch.cat(steps, dim=1), full[:, 7:], **TOL)
 
 
-def test_static_cache_holds_only_latent_and_rope_key(make_model):
+def test_static_cache_holds_only_latent_and_rope_key(make_model, padded_batch):
     model = make_model("mla")
     config = model.config
-    ids, mask = left_padded_batch((7, 5))
+    ids, mask = padded_batch((7, 5))
     out = model.generate(
         ids, attention_mask=mask, max_new_tokens=4, do_sample=False, cache_implementation="static",
         return_dict_in_generate=True, pad_token_id=0,

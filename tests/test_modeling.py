@@ -15,17 +15,6 @@ GQA_FAMILY = ("mha", "gqa", "mqa")
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def left_padded_batch(lengths=(12, 9, 5), seed=0, vocab=256):
-    """Random ids (B, T) with left padding, and the matching attention mask."""
-    generator = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.randint(0, vocab, (len(lengths), width), generator=generator)
-    mask = torch.zeros_like(ids)
-    for row, length in enumerate(lengths):
-        mask[row, width - length :] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def logits_of(model, ids, mask=None, **kwargs):
     return model(input_ids=ids, attention_mask=mask, **kwargs).logits
@@ -36,7 +25,7 @@ def logits_of(model, ids, mask=None, **kwargs):
 
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize("attention_type", GQA_FAMILY)
-def test_llama_parity(make_model, attention_type, tie):
+def test_llama_parity(make_model, padded_batch, attention_type, tie):
     model = make_model(attention_type, tie_word_embeddings=tie)
     llama = to_llama(model)
     assert type(llama) is LlamaForCausalLM
@@ -44,7 +33,7 @@ def test_llama_parity(make_model, attention_type, tie):
     assert (llama.lm_head.weight.data_ptr() == llama.model.embed_tokens.weight.data_ptr()) == tie
     assert (model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()) == tie
 
-    ids, mask = left_padded_batch()
+    ids, mask = padded_batch((12, 9, 5))
     for use_cache in (False, True):
         ours = logits_of(model, ids, use_cache=use_cache)
         assert ours.abs().mean() > 0.3  # weights are spread out enough for the comparison to mean something
@@ -56,23 +45,11 @@ def test_llama_parity(make_model, attention_type, tie):
 
 @pytest.mark.parametrize("attention_bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("attention_type", GQA_FAMILY)
-def test_llama_parity_in_training(make_model, attention_type, attention_bias):
+def test_llama_parity_in_training(make_model, padded_batch, check_training_step, attention_type, attention_bias):
     """Train mode takes its own (fused) code path: loss and every gradient must still match Llama."""
     model = make_model(attention_type, attention_bias=attention_bias)
-    ids, _ = left_padded_batch(lengths=(12, 12))
-    eval_logits = logits_of(model, ids, use_cache=False)
-    model.train()
-    llama = to_llama(model).train()
-    ours = model(input_ids=ids, labels=ids, use_cache=False)
-    theirs = llama(input_ids=ids, labels=ids, use_cache=False)
-    assert_close(ours.logits.detach(), eval_logits, **TOL)
-    assert_close(ours.loss, theirs.loss, **TOL)
-    ours.loss.backward()
-    theirs.loss.backward()
-    llama_params = dict(llama.named_parameters())
-    for name, param in model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
-        assert_close(param.grad, llama_params[name].grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    ids, _ = padded_batch((12, 12))
+    check_training_step(model, to_llama, ids)
 
 
 @pytest.mark.parametrize("attention_type", GQA_FAMILY)
@@ -86,11 +63,11 @@ def test_llama_state_dict_names_and_shapes_equal(make_model, attention_type):
     assert any(".self_attn.k_proj." in k for k in ours)
 
 
-def test_parity_comparison_is_sensitive(make_model):
+def test_parity_comparison_is_sensitive(make_model, padded_batch):
     """A single perturbed weight must break the parity check, or the check proves nothing."""
     model = make_model("gqa")
     llama = to_llama(model)
-    ids, _ = left_padded_batch()
+    ids, _ = padded_batch((12, 9, 5))
     assert_close(logits_of(model, ids), logits_of(llama, ids), **TOL)
     with torch.no_grad():
         model.model.layers[1].self_attn.k_proj.weight[3, 5] += 0.5
@@ -100,10 +77,10 @@ def test_parity_comparison_is_sensitive(make_model):
     assert not torch.equal(model.model.layers[1].self_attn.k_proj.weight, llama.model.layers[1].self_attn.k_proj.weight)
 
 
-def test_parity_detects_wrong_position_ids(make_model):
-    """RoPE positions matter: shifting every position changes the logits beyond the tolerance."""
+def test_rope_is_relative_and_positions_matter(make_model, padded_batch):
+    """A constant shift of positions keeps the logits (RoPE is relative); a reordering changes them."""
     model = make_model("mha")
-    ids, _ = left_padded_batch()
+    ids, _ = padded_batch((12, 9, 5))
     shifted = torch.arange(3, 3 + ids.shape[1]).unsqueeze(0)
     diff = (logits_of(model, ids, use_cache=False) - logits_of(model, ids, position_ids=shifted, use_cache=False)).abs().max()
     assert diff < 1e-3  # RoPE is relative: a constant shift keeps q.k (up to rounding)
@@ -117,9 +94,9 @@ def test_parity_detects_wrong_position_ids(make_model):
 
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
-def test_cached_step_decode_equals_full_pass(make_model, attention_type, padded):
+def test_cached_step_decode_equals_full_pass(make_model, padded_batch, attention_type, padded):
     model = make_model(attention_type)
-    ids, mask = left_padded_batch()
+    ids, mask = padded_batch((12, 9, 5))
     if not padded:
         mask = torch.ones_like(ids)
     full = logits_of(model, ids, mask, use_cache=False)
@@ -141,7 +118,7 @@ def test_cached_step_decode_equals_full_pass(make_model, attention_type, padded)
 
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
-def test_eager_equals_sdpa(make_model, attention_type, padded):
+def test_eager_equals_sdpa(make_model, padded_batch, attention_type, padded):
     eager = make_model(attention_type, attn_implementation="eager")
     sdpa = make_model(attention_type, attn_implementation="sdpa")
     sdpa.load_state_dict(eager.state_dict())
@@ -149,7 +126,7 @@ def test_eager_equals_sdpa(make_model, attention_type, padded):
     assert eager.model.layers[0].self_attn.config._attn_implementation == "eager"
     assert sdpa.model.layers[0].self_attn.config._attn_implementation == "sdpa"
 
-    ids, mask = left_padded_batch(lengths=(20, 14, 7))  # > 16 tokens, so a cached MLA prefill runs naive too
+    ids, mask = padded_batch((20, 14, 7))  # > 16 tokens, so a cached MLA prefill runs naive too
     if not padded:
         mask = torch.ones_like(ids)
     valid = mask.bool()
@@ -191,10 +168,10 @@ def test_attention_parameters_per_layer_matches_module(attention_type, overrides
 
 
 @pytest.mark.parametrize("attention_type", ["gqa", "mla"])
-def test_from_pretrained_bfloat16(make_model, attention_type, tmp_path):
+def test_from_pretrained_bfloat16(make_model, padded_batch, attention_type, tmp_path):
     model = make_model(attention_type)
     model.save_pretrained(tmp_path)
-    ids, mask = left_padded_batch()
+    ids, mask = padded_batch((12, 9, 5))
     reference = logits_of(model, ids, mask)
 
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
@@ -251,9 +228,9 @@ def _grads(model, ids):
 
 @pytest.mark.parametrize("attention_type", ["gqa", "mla"])
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
-def test_gradient_checkpointing_same_grads(make_model, attention_type):
+def test_gradient_checkpointing_same_grads(make_model, padded_batch, attention_type):
     model = make_model(attention_type).train()
-    ids, _ = left_padded_batch(lengths=(12, 12))
+    ids, _ = padded_batch((12, 12))
     loss, grads = _grads(model, ids)
 
     calls = []
