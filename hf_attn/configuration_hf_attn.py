@@ -113,6 +113,8 @@ class HfAttnConfig(PreTrainedConfig):
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}.")
         if self.rms_norm_eps <= 0:
             raise ValueError(f"rms_norm_eps must be positive, got {self.rms_norm_eps}.")
+        if self.mla_absorb not in ("auto", "always", "never"):
+            raise ValueError(f"mla_absorb must be 'auto', 'always' or 'never', got {self.mla_absorb!r}.")
 
         if self.attention_type == "mla":
             self._derive_mla()
@@ -185,8 +187,6 @@ class HfAttnConfig(PreTrainedConfig):
             self._check_positive("q_lora_rank")
         if self.qk_rope_head_dim % 2:
             raise ValueError(f"qk_rope_head_dim ({self.qk_rope_head_dim}) must be even: RoPE rotates pairs.")
-        if self.mla_absorb not in ("auto", "always", "never"):
-            raise ValueError(f"mla_absorb must be 'auto', 'always' or 'never', got {self.mla_absorb!r}.")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "HfAttnConfig":

@@ -57,11 +57,6 @@ def test_bad_config_raises_value_error_naming_field(overrides, field):
         HfAttnConfig.from_preset("tiny", **overrides)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model bug: _derive_gqa_family never validates mla_absorb, so a non-MLA config "
-    "silently accepts and saves an invalid value (configuration_hf_attn.py, _derive_gqa_family)",
-)
 @pytest.mark.parametrize("attention_type", ["mha", "gqa", "mqa"])
 def test_bad_mla_absorb_rejected_for_every_type(attention_type):
     with pytest.raises(ValueError, match="mla_absorb"):
