@@ -113,7 +113,7 @@ class TrainArgs:
     mixed_precision: str = "no"
     max_steps: int | None = None  # None: from max_tokens, else 1000
     max_tokens: int | None = None
-    max_time: float | None = None  # seconds of training; stops early, the schedule stays max_steps long
+    max_time: float | None = None  # seconds since train() began (data, tokenizer included); the schedule is unchanged
     # evaluation, logging, checkpoints
     eval_every: int = 100
     eval_batches: int | None = None  # None: the full validation set if it has <= 100 batches, else 100
@@ -565,7 +565,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "bf16", "fp16"))
     o.add_argument("--max-steps", type=int, default=None, help="default: from --max-tokens, else 1000")
     o.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (sizes the schedule)")
-    o.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (schedule unchanged)")
+    o.add_argument("--max-time", type=float, default=None, help="stop after this many seconds from the start of training setup (schedule unchanged)")
     r = parser.add_argument_group("run")
     r.add_argument("--output-dir", default=d.output_dir)
     r.add_argument("--eval-every", type=int, default=d.eval_every)

@@ -18,15 +18,9 @@ from hf_attn.evaluation import evaluate_loss, evaluate_model, lm_metrics
 from hf_attn.report import read_jsonl
 from hf_attn.training import TrainArgs, train
 
+from test_training import one_torch_thread  # noqa: F401  (autouse: in-process runs on one thread)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def token_by_token_nll(model, block: torch.Tensor) -> float:
