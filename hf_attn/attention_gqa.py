@@ -93,19 +93,10 @@ class HfAttnAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq_len, _ = hidden_states.shape
         cos, sin = position_embeddings
-        n_q, n_kv = self.num_heads, self.num_key_value_heads
-        if self.training:
-            # One matmul for q, k and v, and one RoPE pass over q and k together: at small widths the
-            # step time is dominated by the number of ops, and backward also saves two grad sums.
-            qkv = self._fused_qkv(hidden_states).view(batch, seq_len, n_q + 2 * n_kv, self.head_dim)
-            query_key = apply_rotary(qkv[:, :, : n_q + n_kv], cos, sin)  # (B, T, n_q + n_kv, head_dim)
-            query, key = query_key.split([n_q, n_kv], dim=2)
-            value = qkv[:, :, n_q + n_kv :]
-        else:
-            # Inference keeps three matmuls: concatenating the weights would copy them on every step.
-            query = apply_rotary(self.q_proj(hidden_states).view(batch, seq_len, n_q, self.head_dim), cos, sin)
-            key = apply_rotary(self.k_proj(hidden_states).view(batch, seq_len, n_kv, self.head_dim), cos, sin)
-            value = self.v_proj(hidden_states).view(batch, seq_len, n_kv, self.head_dim)
+        # (B, T, n, head_dim); RoPE is applied before the transpose, broadcasting cos/sin over heads
+        query = apply_rotary(self.q_proj(hidden_states).view(batch, seq_len, -1, self.head_dim), cos, sin)
+        key = apply_rotary(self.k_proj(hidden_states).view(batch, seq_len, -1, self.head_dim), cos, sin)
+        value = self.v_proj(hidden_states).view(batch, seq_len, -1, self.head_dim)
         # (B, T, n, head_dim) -> (B, n, T, head_dim)
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
 
@@ -128,11 +119,3 @@ class HfAttnAttention(nn.Module):
         )
         output = output.reshape(batch, seq_len, -1)  # (B, T, heads * head_dim)
         return self.o_proj(output), weights
-
-    def _fused_qkv(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """q_proj, k_proj and v_proj as one matmul: (B, T, (n_q + 2 n_kv) * head_dim)."""
-        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        bias = None
-        if self.q_proj.bias is not None:
-            bias = torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
-        return nn.functional.linear(hidden_states, weight, bias)

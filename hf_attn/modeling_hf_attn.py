@@ -63,12 +63,7 @@ class HfAttnMLP(nn.Module):
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            # gate and up as one matmul (fewer ops per step); inference avoids copying the weights.
-            gate, up = nn.functional.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(self.act_fn(gate) * up)
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class HfAttnDecoderLayer(GradientCheckpointingLayer):
