@@ -6,7 +6,6 @@ import math
 
 import datasets
 import pytest
-from transformers import AutoTokenizer
 
 from hf_attn.data import (
     CorpusSpec,
