@@ -195,12 +195,9 @@ def build_config(args: TrainArgs, tokenizer) -> HfAttnConfig:
     overrides = {dst: getattr(args, src) for src, dst in MODEL_OVERRIDES.items() if getattr(args, src) is not None}
     if args.train_tokenizer_vocab is not None and args.vocab_size is None:
         overrides["vocab_size"] = len(tokenizer)  # a fresh tokenizer sizes the embedding
-    config = HfAttnConfig(
-        **{**base, **overrides},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    # The special-token ids are the tokenizer's: the model is trained on what it produces.
+    special = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id") for t in ("bos", "eos", "pad")}
+    config = HfAttnConfig(**{**base, **overrides, **special})
     if len(tokenizer) > config.vocab_size:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}; "

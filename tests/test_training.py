@@ -131,6 +131,20 @@ def test_saved_model_loads_with_remote_code_and_pipeline(finished_run):
     assert params == result["params"] and text.startswith("The ")
 
 
+def test_config_file_and_tokenizer_dir_of_a_previous_run(finished_run, tmp_path):
+    """--config takes a saved config.json (its token ids included) and --tokenizer a saved run's folder.
+
+    The saved file has num_key_value_heads=4 written out, so switching to MQA must set it too."""
+    out, first = finished_run
+    args = tiny_args(tmp_path / "again", config=str(out / "config.json"), tokenizer=str(out), train_tokenizer_vocab=None,
+                     attention_type="mqa", num_kv_heads=1, max_steps=2, eval_every=2, save_every=0)  # fmt: skip
+    result = train(args)
+    saved = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert saved["attention_type"] == "mqa" and saved["num_key_value_heads"] == 1
+    assert saved["vocab_size"] == 512 and saved["eos_token_id"] == 0
+    assert result["params"] < first["params"]  # one K/V head instead of four
+
+
 # ---------------------------------------------------------------- resume
 
 
