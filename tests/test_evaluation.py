@@ -18,8 +18,7 @@ from hf_attn.evaluation import evaluate_loss, evaluate_model, lm_metrics
 from hf_attn.report import read_jsonl
 from hf_attn.training import TrainArgs, train
 
-from test_training import one_torch_thread  # noqa: F401  (autouse: in-process runs on one thread)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from hf_attn.data import CorpusSpec
 from hf_attn.report import read_jsonl
 from hf_attn.training import TrainArgs, latest_checkpoint, train
 
+# In-process runs on one torch thread: on the 2 shared cores, two threads were 8x slower here.
+pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "tiny_loss.json"
 TINY = dict(
@@ -48,15 +49,6 @@ def tiny_args(output_dir, **kw) -> TrainArgs:
 def golden_run(output_dir) -> list[dict]:
     train(tiny_args(output_dir, max_steps=30, eval_every=10, log_every=1, save_every=0))
     return read_jsonl(os.path.join(output_dir, "train_log.jsonl"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """In-process runs on one thread: on 2 shared cores, two threads each wait for the slower one (8x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def script_env() -> dict:
