@@ -23,7 +23,10 @@ Python API (what `scripts/train.py` calls):
 A run's output dir holds: config.json/model.safetensors/modeling files and the tokenizer (top
 level, so `from_pretrained(output_dir, trust_remote_code=True)` and `pipeline(...)` work),
 checkpoints/checkpoint-STEP (accelerate `save_state` folders, written into a temporary folder and
-renamed, the last `keep_checkpoints` kept), metrics.jsonl (per evaluation), train_log.jsonl (per
+renamed, the last `keep_checkpoints` kept), metrics.jsonl (per evaluation: step, tokens,
+train_loss (mean over the steps since the previous evaluation), val_loss, perplexity,
+val_bits_per_char, val_bits_per_byte, lr, elapsed_s (seconds spent in training steps so far,
+evaluation and checkpointing excluded, summed over resumed parts), step_time_s), train_log.jsonl (per
 `log_every` steps), train_args.json, run_info.json (world size, per-process first-batch hashes),
 report.md, loss.png and tensorboard/ (with tracker="tensorboard").
 
