@@ -128,10 +128,15 @@ class HfAttnMLAttention(nn.Module):
         query = torch.cat((q_nope, q_rope), dim=-1)  # (B, H, T, nope + rope)
         key = torch.cat((k_nope, k_rope.expand(-1, self.num_heads, -1, -1)), dim=-1)  # (B, H, S, nope + rope)
 
+        pad = self.qk_head_dim - self.v_head_dim
+        if self.config._attn_implementation == "sdpa" and pad > 0:
+            # torch's fused (flash) sdpa kernels need equal q/k and v head dims; without them sdpa
+            # falls back to the unfused math path, 4x slower for a 2048-token CPU prefill here.
+            value = nn.functional.pad(value, (0, pad))  # (B, H, S, nope + rope)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        return attention_interface(
+        output, weights = attention_interface(
             self,
             query,
             key,
@@ -140,7 +145,8 @@ class HfAttnMLAttention(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
             **kwargs,
-        )  # (B, T, H, v), weights
+        )
+        return output[..., : self.v_head_dim], weights  # (B, T, H, v), weights
 
     def _absorbed_attention(self, q_nope, q_rope, latent, k_rope, attention_mask):
         """Attend over the cached latents directly (MQA with one latent "head" shared by all heads).
