@@ -1,25 +1,22 @@
-"""Evaluation: the batched loss loop against independent computations, the metric formulas, evaluate.py."""
+"""Evaluation: the loss loops against independent computations, the metric formulas, hf-attn-evaluate."""
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+import evaluate
 import pytest
 import torch
 from torch.utils.data import DataLoader
 from transformers import DynamicCache
 
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
-from hf_attn.data import CorpusSpec
-from hf_attn.evaluation import evaluate_loss, evaluate_model, lm_metrics
-from hf_attn.report import read_jsonl
-from hf_attn.training import TrainArgs, train
+from hf_attn.cli.evaluate import main as evaluate_main
+from hf_attn.cli.train import main as train_main
+from hf_attn.integrations.metrics import LM_PERPLEXITY_METRIC
+from hf_attn.train.data import CorpusSpec
+from hf_attn.train.evaluation import evaluate_loss, evaluate_model, evaluate_rolling, lm_metrics
+from hf_attn.utils import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def token_by_token_nll(model, block: torch.Tensor) -> float:
@@ -60,24 +57,65 @@ def test_metric_formulas():
     assert m["bits_per_byte"] == pytest.approx(2.0 * 300 / 1500 / math.log(2))
 
 
-def test_evaluate_script_json_agrees_with_the_training_eval(tmp_path):
+def test_rolling_loop_matches_one_forward_per_token(byte_tokenizer):
+    """Each document scored whole under the harness's rule, recomputed one token at a time."""
+    torch.manual_seed(0)
+    config = HfAttnConfig.from_preset("tiny", attention_type="mla", vocab_size=len(byte_tokenizer))
+    model = HfAttnForCausalLM(config).eval()
+    texts = ["In the beginning", "x", "and the earth was without form, and void; and darkness"]
+    window = 8
+    nll, counts = evaluate_rolling(model, byte_tokenizer, texts, max_length=window, batch_size=3)
+    for text, got, n in zip(texts, nll, counts):
+        ids = byte_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert n == len(ids)  # every token scored, no EOS
+        expected = 0.0
+        for t in range(len(ids)):
+            start = t - t % window  # windows predict ids[start : start + window]
+            end = min(start + window, len(ids))
+            context = [byte_tokenizer.eos_token_id, *ids[:t]] if start == 0 else ids[max(0, end - window - 1) : t]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([context])).logits[0, -1].double()
+            expected -= torch.log_softmax(logits, dim=-1)[ids[t]].item()
+        assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_metric_module_loads_offline_and_matches_the_formulas(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    metric = evaluate.load(LM_PERPLEXITY_METRIC)
+    metric.add_batch(nll=[10.0, 30.0], tokens=[15, 5])
+    got = metric.compute(chars=90, bytes=100)
+    assert got["val_loss"] == pytest.approx(2.0) and got["scored_tokens"] == 20
+    assert got["bits_per_byte"] == pytest.approx(40.0 / 100 / math.log(2))
+    assert got["bits_per_char"] == pytest.approx(40.0 / 90 / math.log(2))
+    sampled = metric.compute(nll=[20.0], tokens=[10], chars=90, bytes=100, text_tokens=50)  # a sample of 50 tokens
+    assert sampled == {**lm_metrics(2.0, {"tokens": 50, "chars": 90, "bytes": 100}), "scored_tokens": 10}
+
+
+def test_evaluate_command_agrees_with_the_training_eval(tmp_path):
     out = tmp_path / "run"
-    corpus = CorpusSpec(max_chars=60_000)
-    train(TrainArgs(output_dir=str(out), preset="tiny", train_tokenizer_vocab=400, corpus=corpus, block_size=32,
-                    batch_size=8, max_steps=10, eval_every=10, save_every=0, tracker="none", progress=False,
-                    sample_tokens=4))  # fmt: skip
+    train_main(["--output-dir", str(out), "--preset", "tiny", "--train-tokenizer-vocab", "400", "--max-chars", "60000",
+                "--block-size", "32", "--batch-size", "8", "--max-steps", "10", "--eval-every", "10",
+                "--save-every", "0", "--tracker", "none", "--progress", "false", "--sample-tokens", "4"])  # fmt: skip
     last = read_jsonl(out / "metrics.jsonl")[-1]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), str(out), "--max-chars", "60000", "--json"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = evaluate_main([str(out), "--max-chars", "60000", "--json"])
     assert {"val_loss", "perplexity", "bits_per_char", "bits_per_byte"} <= set(got)
     assert got["block_size"] == 32  # taken from the run's train_args.json
     assert got["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5)
     assert got["perplexity"] == pytest.approx(last["perplexity"], rel=1e-5)
     assert got["bits_per_char"] == pytest.approx(last["val_bits_per_char"], rel=1e-5)
     assert got["bits_per_byte"] == pytest.approx(last["val_bits_per_byte"], rel=1e-5)
+    rolling = evaluate_main([str(out), "--max-chars", "60000", "--rolling", "--json"])
+    assert rolling["mode"] == "rolling" and rolling["block_size"] == 32
+    assert rolling["bits_per_byte"] == pytest.approx(got["bits_per_byte"], rel=0.05)  # same model, other context rule
+
+
+def test_evaluate_command_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([])
+    assert exit_info.value.code == 2 and "error: give the model folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_main([str(tmp_path / "nope")])
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_missing_model_dir(tmp_path):

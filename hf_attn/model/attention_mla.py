@@ -1,0 +1,201 @@
+"""DeepSeek-V2 multi-head latent attention (MLA), arXiv 2405.04434 §2.1.
+
+Keys and values are rebuilt from a low-rank latent c_KV = W_DKV h (d_c = kv_lora_rank per token),
+and position enters through a separate, decoupled RoPE key k^R shared by all heads (§2.1.3: RoPE
+cannot be applied to keys that are up-projected from a cache, so it gets its own small key).
+The cache therefore holds only `kv_lora_rank + qk_rope_head_dim` values per token and layer.
+
+Two ways to compute the same attention (DeepSeek-V3's inference code keeps both, as "naive" and
+"absorb"):
+
+* naive: expand the latents of every position into per-head keys and values with W_UK / W_UV
+  (`kv_b_proj`), then run ordinary attention through transformers' attention interface. Best for
+  training and prefill, where every position's K/V is needed once and the fused kernels apply.
+* absorbed (§2.1.2, "W_UK can be absorbed into W_Q, and W_UV into W_O"): fold W_UK into the query
+  and W_UV into the output, and attend directly over the cached latents, as multi-query attention
+  with key dim `kv_lora_rank + qk_rope_head_dim` and value dim `kv_lora_rank`. A decode step then
+  costs O(S * (d_c + d_R)) per head instead of re-expanding all S cached latents
+  (O(S * d_c * heads * (nope + v))), which is what transformers' DeepseekV3 does. The folded matrix
+  is what `kv_b_proj` computes, so an unmerged PEFT adapter on that layer is honoured (`_kv_b_weight`).
+
+Rule (`config.mla_absorb`): "auto" absorbs when a cache is passed and the new chunk is at most
+`ABSORB_MAX_QUERY_LEN` tokens (decoding, beam steps, short speculative chunks); longer chunks
+(prefill) and cache-less calls (training) expand. "always"/"never" force one path when a cache is
+present; without a cache there is nothing to absorb into, so the naive path runs.
+
+Parameter names are DeepseekV3's, so the weights load into `DeepseekV3ForCausalLM` unchanged
+(with `rope_interleave=False`).
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .attention import eager_attention_forward
+from .attention_utils import apply_rotary, masked_softmax
+from .configuration_hf_attn import HfAttnConfig
+
+ABSORB_MAX_QUERY_LEN = 16
+# DeepSeek's reference code uses eps=1e-6 in the latent norms, whatever the block norms use.
+LATENT_NORM_EPS = 1e-6
+
+
+class HfAttnMLAttention(nn.Module):
+    """Multi-head latent attention with a latent-only cache and absorbed decoding."""
+
+    def __init__(self, config: HfAttnConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.q_lora_rank = config.q_lora_rank
+        self.kv_lora_rank = config.kv_lora_rank
+        self.qk_nope_head_dim = config.qk_nope_head_dim
+        self.qk_rope_head_dim = config.qk_rope_head_dim
+        self.v_head_dim = config.v_head_dim
+        self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
+        self.scaling = self.qk_head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        self.num_key_value_groups = 1  # the naive path expands K/V to every head
+
+        bias = config.attention_bias
+        d, h = config.hidden_size, self.num_heads
+        if self.q_lora_rank is None:
+            self.q_proj = nn.Linear(d, h * self.qk_head_dim, bias=False)
+        else:  # low-rank query compression (§2.1.2), saves activation memory in training
+            self.q_a_proj = nn.Linear(d, self.q_lora_rank, bias=bias)
+            self.q_a_layernorm = nn.RMSNorm(self.q_lora_rank, eps=LATENT_NORM_EPS)
+            self.q_b_proj = nn.Linear(self.q_lora_rank, h * self.qk_head_dim, bias=False)
+        # W_DKV and W_KR in one matrix: the latent c_KV and the shared RoPE key k^R
+        self.kv_a_proj_with_mqa = nn.Linear(d, self.kv_lora_rank + self.qk_rope_head_dim, bias=bias)
+        self.kv_a_layernorm = nn.RMSNorm(self.kv_lora_rank, eps=LATENT_NORM_EPS)
+        # W_UK and W_UV stacked per head: rows [h * (nope + v)]
+        self.kv_b_proj = nn.Linear(self.kv_lora_rank, h * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(h * self.v_head_dim, d, bias=bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq_len, _ = hidden_states.shape
+        if self.q_lora_rank is None:
+            query = self.q_proj(hidden_states)
+        else:
+            query = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden_states)))
+        query = query.view(batch, seq_len, self.num_heads, self.qk_head_dim)  # (B, T, H, nope + rope)
+        q_nope, q_rope = query.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+
+        latent, k_rope = self.kv_a_proj_with_mqa(hidden_states).split(
+            [self.kv_lora_rank, self.qk_rope_head_dim], dim=-1
+        )
+        cos, sin = position_embeddings
+        q_rope = apply_rotary(q_rope, cos, sin)  # (B, T, H, rope)
+        k_rope = apply_rotary(k_rope.unsqueeze(2), cos, sin)  # (B, T, 1, rope): one key shared by all heads
+        q_nope, q_rope = q_nope.transpose(1, 2), q_rope.transpose(1, 2)  # (B, H, T, dim)
+        # Both are viewed as one head so any transformers cache layer stores them: (B, 1, T, dim)
+        latent = self.kv_a_layernorm(latent).unsqueeze(1)
+        k_rope = k_rope.transpose(1, 2)
+
+        if cache is not None:
+            # The cache stores only the latent ("keys") and the RoPE key ("values"): (B, 1, S, dim)
+            latent, k_rope = cache.update(latent, k_rope, self.layer_idx)
+
+        if self._absorb(cache, seq_len):
+            output, weights = self._absorbed_attention(q_nope, q_rope, latent, k_rope, attention_mask)
+        else:
+            output, weights = self._naive_attention(q_nope, q_rope, latent, k_rope, attention_mask, **kwargs)
+        output = output.reshape(batch, seq_len, self.num_heads * self.v_head_dim)
+        return self.o_proj(output), weights
+
+    def _absorb(self, cache: Cache | None, seq_len: int) -> bool:
+        mode = self.config.mla_absorb
+        if cache is None or mode == "never":
+            return False
+        return mode == "always" or seq_len <= ABSORB_MAX_QUERY_LEN
+
+    def _naive_attention(self, q_nope, q_rope, latent, k_rope, attention_mask, **kwargs):
+        """Expand latents to per-head K/V, then attend through the configured kernel."""
+        batch, _, kv_len, _ = latent.shape
+        kv = self.kv_b_proj(latent.squeeze(1))  # (B, S, H * (nope + v))
+        kv = kv.view(batch, kv_len, self.num_heads, -1).transpose(1, 2)  # (B, H, S, nope + v)
+        k_nope, value = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+        query = torch.cat((q_nope, q_rope), dim=-1)  # (B, H, T, nope + rope)
+        key = torch.cat((k_nope, k_rope.expand(-1, self.num_heads, -1, -1)), dim=-1)  # (B, H, S, nope + rope)
+
+        pad = self.qk_head_dim - self.v_head_dim
+        if self.config._attn_implementation == "sdpa" and pad > 0:
+            # torch's fused (flash) sdpa kernels need equal q/k and v head dims; without them sdpa
+            # falls back to the unfused math path, 4x slower for a 2048-token CPU prefill here.
+            value = nn.functional.pad(value, (0, pad))  # (B, H, S, nope + rope)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return output[..., : self.v_head_dim], weights  # (B, T, H, v), weights
+
+    def _kv_b_weight(self, like: torch.Tensor) -> torch.Tensor:
+        """The matrix that `kv_b_proj` applies, (H * (nope + v), r), read off the module itself.
+
+        For a plain `nn.Linear` that is its weight. A wrapped layer (a PEFT LoRA adapter that is not
+        merged, or any other affine wrapper) computes W x + delta(x) in its forward, and `.weight` holds
+        only W, so the effective matrix is recovered from the forward: f(I) - f(0) = (W + delta)^T.
+        That costs one (r, r) input per decode step and layer, far less than the naive path's
+        expansion of every cached latent, and only while such a wrapper is present.
+        """
+        if type(self.kv_b_proj) is nn.Linear:
+            return self.kv_b_proj.weight
+        eye = torch.eye(self.kv_lora_rank, dtype=like.dtype, device=like.device)  # (r, r): one latent per row
+        zero = eye.new_zeros(1, self.kv_lora_rank)
+        return (self.kv_b_proj(eye) - self.kv_b_proj(zero)).T  # (H * (nope + v), r)
+
+    def _absorbed_attention(self, q_nope, q_rope, latent, k_rope, attention_mask):
+        """Attend over the cached latents directly (MQA with one latent "head" shared by all heads).
+
+        score(t, s) = q_nope W_UK c_s + q_rope k^R_s, and out = W_UV (sum_s p(t, s) c_s), so the
+        per-head keys and values are never formed.
+        """
+        batch, heads, seq_len, _ = q_nope.shape
+        kv_len = latent.shape[2]
+        w_kv = self._kv_b_weight(latent).view(heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        w_uk, w_uv = w_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)  # (H, nope, r), (H, v, r)
+
+        q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, r): W_UK folded into q
+        # All heads share one latent "head", so heads fold into the query rows: (B, H * T, dim)
+        q_latent = q_latent.reshape(batch, heads * seq_len, self.kv_lora_rank)
+        q_rope = q_rope.reshape(batch, heads * seq_len, self.qk_rope_head_dim)
+        latent, k_rope = latent.squeeze(1), k_rope.squeeze(1)  # (B, S, r), (B, S, rope)
+        scores = torch.baddbmm(
+            torch.bmm(q_rope, k_rope.transpose(1, 2)), q_latent, latent.transpose(1, 2)
+        )  # (B, H * T, S)
+        scores = (scores * self.scaling).view(batch, heads, seq_len, kv_len)
+
+        if attention_mask is None and seq_len > 1:
+            # transformers drops the mask for sdpa only where sdpa's upper-left `is_causal` is right:
+            # q_len == kv_len, or a prefill into an empty static cache whose tail slots must stay
+            # unseen. Reproduce that alignment: query i sees keys 0..i.
+            attention_mask = torch.ones(seq_len, kv_len, dtype=torch.bool, device=scores.device).tril()[None, None]
+        if attention_mask is not None:
+            attention_mask = attention_mask[..., :kv_len]
+        weights = masked_softmax(scores, attention_mask, q_nope.dtype, self.attention_dropout, self.training)
+
+        out_latent = torch.bmm(weights.view(batch, heads * seq_len, kv_len), latent)  # (B, H * T, r)
+        out_latent = out_latent.view(batch, heads, seq_len, self.kv_lora_rank)
+        output = torch.einsum("bhtr,hvr->bthv", out_latent, w_uv)  # (B, T, H, v): W_UV folded into o
+        return output, weights
