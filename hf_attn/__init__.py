@@ -1,5 +1,12 @@
 """hf_attn: decoder-only language models with pluggable attention (MHA, MQA, GQA, DeepSeek MLA).
 
+The package has three layers, and imports only point down:
+
+    hf_attn.model   configuration, modeling, attention: shipped inside every checkpoint
+    hf_attn.train   data, tokenizer training, the training loop, evaluation, the run report
+    hf_attn.tools   comparison, benchmarks, export, Hub sharing, the web demo
+    hf_attn.cli     the command lines (`hf-attn-train`, ...), built from the options dataclasses
+
 Importing the package registers the classes with transformers' Auto classes, so
 `AutoModelForCausalLM.from_config(HfAttnConfig(...))` and `from_pretrained(folder)` work without
 `trust_remote_code`. Saved folders also carry the modeling code, for users without hf_attn.
@@ -7,9 +14,8 @@ Importing the package registers the classes with transformers' Auto classes, so
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration_hf_attn import ATTENTION_TYPES, PRESETS, HfAttnConfig
-from .export import to_deepseek_v3, to_llama
-from .modeling_hf_attn import HfAttnForCausalLM, HfAttnModel, HfAttnPreTrainedModel
+from .model import ATTENTION_TYPES, PRESETS, HfAttnConfig, HfAttnForCausalLM, HfAttnModel, HfAttnPreTrainedModel
+from .tools.export import to_deepseek_v3, to_llama
 
 AutoConfig.register(HfAttnConfig.model_type, HfAttnConfig, exist_ok=True)
 AutoModel.register(HfAttnConfig, HfAttnModel, exist_ok=True)

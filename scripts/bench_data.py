@@ -16,8 +16,8 @@ import time
 import datasets
 from transformers import AutoTokenizer
 
-from hf_attn.data import CorpusSpec, load_text_splits, pack_splits
-from hf_attn.tokenization import chars_per_token
+from hf_attn.train.data import CorpusSpec, load_text_splits, pack_splits
+from hf_attn.train.tokenizer import chars_per_token
 
 
 def repeat_to(splits: datasets.DatasetDict, target_chars: int) -> datasets.DatasetDict:
@@ -52,7 +52,10 @@ def main() -> None:
     t0 = time.perf_counter()
     default = load_text_splits(CorpusSpec())
     print(f"load + split default corpus: {time.perf_counter() - t0:.2f} s")
-    corpora = {"default corpus": default, f"default corpus repeated to {args.target_chars:,} chars": repeat_to(default, args.target_chars)}
+    corpora = {
+        "default corpus": default,
+        f"default corpus repeated to {args.target_chars:,} chars": repeat_to(default, args.target_chars),
+    }
     for label, splits in corpora.items():
         n_chars = sum(len(t) for s in splits.values() for t in s["text"])
         for num_proc in (1, 2):
@@ -62,8 +65,10 @@ def main() -> None:
                 packed = pack_splits(splits, tok, args.block_size, num_proc=num_proc)
                 times.append(time.perf_counter() - t0)
             tokens = sum(s["tokens"] for s in packed.stats.values())
-            print(f"tokenize+pack {label} ({n_chars:,} chars, {tokens:,} tokens), num_proc={num_proc}: "
-                  f"best {min(times):.2f} s of {args.repeats} ({n_chars / min(times) / 1e6:.2f} M chars/s)")
+            print(
+                f"tokenize+pack {label} ({n_chars:,} chars, {tokens:,} tokens), num_proc={num_proc}: "
+                f"best {min(times):.2f} s of {args.repeats} ({n_chars / min(times) / 1e6:.2f} M chars/s)"
+            )
 
     print("characters per token (no special tokens; bytes baseline = 1.00 on ASCII):")
     c, t = chars_per_token(tok, default["validation"]["text"])

@@ -20,18 +20,17 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_attn import HfAttnConfig
-from hf_attn.benchmark import (
+from hf_attn.tools.benchmark import (
     alternating_order,
     build_model,
-    cache_bytes,
-    format_table,
     greedy_decode,
     prefill,
     reference_twin,
     write_json,
 )
+from hf_attn.utils import cache_bytes, format_table
 
-# Issue 3's targets: decode tokens/s ratios at a context, and MLA prefill at 2048 vs DeepseekV3.
+# The project's goals: decode tokens/s ratios at a context, and MLA prefill at 2048 vs DeepseekV3.
 DECODE_TARGETS = {4096: {"deepseek_v3": 5.0, "mha": 1.5}, 8192: {"deepseek_v3": 6.0}}
 PREFILL_TARGET_CONTEXT = 2048
 # (model name, what it is): the first column of every table.
@@ -88,11 +87,16 @@ def main() -> None:
     models, configs = build_models(args, max(c + steps_at[c] for c in args.contexts))
     models = {name: models[name] for name in args.models}
     print(f"torch {torch.__version__}, {args.threads} threads, float32, batch 1, attn_implementation={args.attn}")
-    print("trunk: 4 layers, hidden 512, 8 heads, intermediate 1376, vocab "
-          f"{args.vocab_size}; MLA kv_lora_rank 128, qk_rope 32, qk_nope 64, v 64; others head_dim 64 "
-          f"(GQA {configs['gqa'].num_key_value_heads} kv heads, MQA 1)")
-    print(f"{args.repeats} repeats per context, models alternating; decode steps: "
-          + ", ".join(f"{c}: {steps_at[c]}" for c in args.contexts) + "\n")
+    print(
+        "trunk: 4 layers, hidden 512, 8 heads, intermediate 1376, vocab "
+        f"{args.vocab_size}; MLA kv_lora_rank 128, qk_rope 32, qk_nope 64, v 64; others head_dim 64 "
+        f"(GQA {configs['gqa'].num_key_value_heads} kv heads, MQA 1)"
+    )
+    print(
+        f"{args.repeats} repeats per context, models alternating; decode steps: "
+        + ", ".join(f"{c}: {steps_at[c]}" for c in args.contexts)
+        + "\n"
+    )
 
     generator = torch.Generator().manual_seed(args.seed)
     results = {}
@@ -113,7 +117,7 @@ def main() -> None:
                 gc.collect()
                 bar.update()
         bar.close()
-        for name, run in runs.items():
+        for run in runs.values():
             run["prefill_tok_s"] = context / statistics.median(run["prefill_s"])
             run["decode_tok_s"] = steps_at[context] / statistics.median(run["decode_s"])
         # Same weights must give the same prompt logits; a large gap means the pair is not comparable.
@@ -143,7 +147,7 @@ def main() -> None:
     rows = [[name] + [results[c]["models"][name]["decode_tok_s"] for c in args.contexts] for name in models]
     print(format_table(["model"] + [f"ctx {c}" for c in args.contexts], rows))
 
-    print("\nratios (decode tokens/s; prefill where named) and issue targets")
+    print("\nratios (decode tokens/s; prefill where named) and the project's goals")
     rows = []
     for context in args.contexts:
         m = results[context]["models"]
@@ -160,7 +164,7 @@ def main() -> None:
             rows.append([context, "prefill MLA/DeepseekV3", ratio, f">= 1: {'met' if ratio >= 1 else 'NOT met'}"])
             results[context].setdefault("ratios", {})["prefill MLA/DeepseekV3"] = ratio
     if rows:
-        print(format_table(["context", "ratio", "value", "issue target"], rows))
+        print(format_table(["context", "ratio", "value", "goal"], rows))
 
     print("\nsanity: max |logit difference| on the prompt's last position, same weights")
     for context in args.contexts:

@@ -15,9 +15,8 @@ import argparse
 import torch
 
 from hf_attn import HfAttnConfig
-from hf_attn.benchmark import (
+from hf_attn.tools.benchmark import (
     build_model,
-    format_table,
     make_train_step,
     paired_ratio,
     profile_alternating,
@@ -28,13 +27,14 @@ from hf_attn.benchmark import (
     time_alternating,
     write_json,
 )
+from hf_attn.utils import format_table
 
-# The issue's two sizes. vocab 65 is a character-level vocabulary (tiny Shakespeare).
+# Two sizes: (a) nanoGPT's CPU recipe, (b) its GPU recipe. vocab 65 is a character-level vocabulary (tiny Shakespeare).
 SIZES = {
     "a": dict(num_hidden_layers=4, num_attention_heads=4, hidden_size=128, context=64, batch=12, vocab_size=65),
     "b": dict(num_hidden_layers=6, num_attention_heads=6, hidden_size=384, context=256, batch=8, vocab_size=65),
 }
-# Issue 2's targets for the eager step-time ratio hf_attn / Llama.
+# The project's goals for the eager step-time ratio hf_attn / Llama.
 TARGETS = {"a": 0.70, "b": 0.87}
 
 
@@ -92,8 +92,10 @@ def main() -> None:
                         fn()
                 profiles = profile_alternating(fns, args.profile_steps)
                 for name, ops in profiles.items():
-                    print(f"== size {size}, {name}: top ops by self CPU time, "
-                          f"mean of {args.profile_steps} alternating steps ==")
+                    print(
+                        f"== size {size}, {name}: top ops by self CPU time, "
+                        f"mean of {args.profile_steps} alternating steps =="
+                    )
                     print(profile_table(ops), end="\n\n")
             # Compilation happens in the first calls: give the compiled models a few more warmups.
             warmup = args.warmup + (3 if mode == "compiled" else 0)
@@ -102,25 +104,40 @@ def main() -> None:
             ratio = ms["hf_attn"]["median"] / ms["llama"]["median"]
             paired = paired_ratio(times["hf_attn"], times["llama"])
             target = TARGETS[size] if mode == "eager" else None
-            results.append({"size": size, "dims": s, "mode": mode, "attn": args.attn, "ms_per_step": ms,
-                            "ratio": ratio, "paired_ratio": paired, "target": target})
-            rows.append([
-                size,
-                f"{s['num_hidden_layers']}L {s['num_attention_heads']}H d{s['hidden_size']} "
-                f"T{s['context']} B{s['batch']}",
-                mode,
-                ms["hf_attn"]["median"],
-                ms["llama"]["median"],
-                ratio,
-                paired,
-                f"<= {target:.2f}: {'met' if ratio <= target else 'NOT met'}" if target else "-",
-            ])
-            print(f"size {size} {mode}: hf_attn {ms['hf_attn']['median']:.1f} ms, "
-                  f"llama {ms['llama']['median']:.1f} ms, ratio {ratio:.3f}", flush=True)
+            results.append(
+                {
+                    "size": size,
+                    "dims": s,
+                    "mode": mode,
+                    "attn": args.attn,
+                    "ms_per_step": ms,
+                    "ratio": ratio,
+                    "paired_ratio": paired,
+                    "target": target,
+                }
+            )
+            rows.append(
+                [
+                    size,
+                    f"{s['num_hidden_layers']}L {s['num_attention_heads']}H d{s['hidden_size']} "
+                    f"T{s['context']} B{s['batch']}",
+                    mode,
+                    ms["hf_attn"]["median"],
+                    ms["llama"]["median"],
+                    ratio,
+                    paired,
+                    f"<= {target:.2f}: {'met' if ratio <= target else 'NOT met'}" if target else "-",
+                ]
+            )
+            print(
+                f"size {size} {mode}: hf_attn {ms['hf_attn']['median']:.1f} ms, "
+                f"llama {ms['llama']['median']:.1f} ms, ratio {ratio:.3f}",
+                flush=True,
+            )
 
     print("\nmedian ms per training step (fwd + bwd + AdamW + zero_grad)")
     print("hf_attn/llama is the ratio of the medians; 'paired' the median of per-repetition ratios")
-    headers = ["size", "dims", "mode", "hf_attn ms", "llama ms", "hf_attn/llama", "paired", "issue target"]
+    headers = ["size", "dims", "mode", "hf_attn ms", "llama ms", "hf_attn/llama", "paired", "goal"]
     print(format_table(headers, rows))
     if args.json:
         write_json(args.json, args, results)

@@ -1,12 +1,24 @@
 """Shared fixtures: tiny models with well-spread random weights, and a tiny byte-level tokenizer."""
 
+import os
+import shutil
+import sys
+
 import pytest
 import torch
-from torch.testing import assert_close
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from hf_attn import HfAttnConfig
+
+
+def entry_point(name: str) -> list[str]:
+    """The command that `pip install` made for a [project.scripts] entry (hf-attn-train, ...)."""
+    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    assert path, f"{name} is not installed: run `pip install -e .`"
+    return [path]
+
 
 def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torch.nn.Module:
     """Fills every parameter with seeded noise, in place.
@@ -70,7 +82,6 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
 
 
-
 @pytest.fixture
 def padded_batch():
     """Factory: `padded_batch((12, 9, 5), seed=0)` gives random ids (B, T) with left padding and their mask."""
@@ -110,6 +121,8 @@ def check_training_step():
         reference_params = dict(reference.named_parameters())
         for name, param in model.named_parameters():
             assert param.grad is not None and param.grad.abs().sum() > 0, name
-            assert_close(param.grad, reference_params[name].grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+            assert_close(
+                param.grad, reference_params[name].grad, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+            )
 
     return check

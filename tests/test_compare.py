@@ -11,8 +11,16 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = {
-    "attention_type", "params", "attention_params", "kv_cache_bytes_per_token", "val_loss", "val_bits_per_char",
-    "train_tokens_per_s", "decode_tokens_per_s", "model_dir", "status",
+    "attention_type",
+    "params",
+    "attention_params",
+    "kv_cache_bytes_per_token",
+    "val_loss",
+    "val_bits_per_char",
+    "train_tokens_per_s",
+    "decode_tokens_per_s",
+    "model_dir",
+    "status",
 }
 BAD_VARIANT = "gqa:num_key_value_heads=3"  # 3 does not divide the tiny preset's 4 heads
 
@@ -20,8 +28,20 @@ BAD_VARIANT = "gqa:num_key_value_heads=3"  # 3 does not divide the tiny preset's
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "run"
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--quick", "--no-progress",
-           "--output-dir", str(out), "--variants", "mha", "gqa", "mqa", "mla", BAD_VARIANT]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "compare.py"),
+        "--quick",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        "--variants",
+        "mha",
+        "gqa",
+        "mqa",
+        "mla",
+        BAD_VARIANT,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     elapsed = time.perf_counter() - start
@@ -75,8 +95,11 @@ def test_kv_cache_bytes_equal_the_formula(quick_run):
 def test_report_numbers_match_results_json(quick_run):
     out, _, results, _ = quick_run
     report = (out / "report.md").read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
-            for line in report.splitlines() if re.match(r"^\| (mha|gqa|mqa|mla) \| ok", line)}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+        for line in report.splitlines()
+        if re.match(r"^\| (mha|gqa|mqa|mla) \| ok", line)
+    }
     assert set(rows) == {"mha", "gqa", "mqa", "mla"}
     for r in results[:4]:
         row = rows[r["variant"]]

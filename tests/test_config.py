@@ -73,14 +73,18 @@ def test_unknown_preset_raises():
     [("mha", 4, 4), ("mqa", 4, 1), ("gqa", 4, 2), ("gqa", 8, 2), ("gqa", 16, 4), ("gqa", 6, 3), ("mla", 4, 4)],
 )
 def test_derived_num_key_value_heads(attention_type, heads, expected_kv):
-    config = HfAttnConfig.from_preset("tiny", attention_type=attention_type, num_attention_heads=heads, hidden_size=16 * heads)
+    config = HfAttnConfig.from_preset(
+        "tiny", attention_type=attention_type, num_attention_heads=heads, hidden_size=16 * heads
+    )
     assert config.num_key_value_heads == expected_kv
     assert config.head_dim == 16
 
 
 @pytest.mark.parametrize("kv", [1, 2, 4, 8])
 def test_user_set_kv_heads_preserved_for_gqa(kv):
-    config = HfAttnConfig.from_preset("tiny", attention_type="gqa", num_attention_heads=8, hidden_size=128, num_key_value_heads=kv)
+    config = HfAttnConfig.from_preset(
+        "tiny", attention_type="gqa", num_attention_heads=8, hidden_size=128, num_key_value_heads=kv
+    )
     assert config.num_key_value_heads == kv
 
 
@@ -106,7 +110,9 @@ def test_mla_defaults_follow_paper_ratios():
 
 
 def test_mla_user_values_preserved():
-    values = dict(kv_lora_rank=24, q_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=12, v_head_dim=20, mla_absorb="never")
+    values = dict(
+        kv_lora_rank=24, q_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=12, v_head_dim=20, mla_absorb="never"
+    )
     config = HfAttnConfig.from_preset("tiny", attention_type="mla", **values)
     assert {k: getattr(config, k) for k in values} == values
 

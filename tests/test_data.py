@@ -1,25 +1,23 @@
-"""Corpus sources, splits, packing, stats and errors of hf_attn.data; all offline."""
+"""Corpus sources, splits, packing, stats and errors of hf_attn.train.data; all offline."""
 
-import argparse
 import json
 import math
 
 import datasets
 import pytest
 
-from hf_attn.data import (
+from hf_attn.cli.base import parse
+from hf_attn.train.data import (
     CorpusSpec,
     HubUnavailableError,
-    add_data_args,
     bits_per_byte,
     bits_per_char,
     build_lm_data,
     default_corpus_documents,
     load_text_splits,
     pack_splits,
-    spec_from_args,
 )
-from hf_attn.tokenization import build_bpe_tokenizer
+from hf_attn.train.tokenizer import build_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +63,14 @@ def test_default_corpus_split_and_cap():
 
 
 def test_document_split_is_seeded():
-    a = load_text_splits(CorpusSpec(max_chars=300_000, seed=1))
-    b = load_text_splits(CorpusSpec(max_chars=300_000, seed=1))
-    c = load_text_splits(CorpusSpec(max_chars=300_000, seed=2))
+    a = load_text_splits(CorpusSpec(max_chars=300_000, data_seed=1))
+    b = load_text_splits(CorpusSpec(max_chars=300_000, data_seed=1))
+    c = load_text_splits(CorpusSpec(max_chars=300_000, data_seed=2))
     assert texts(a["validation"]) == texts(b["validation"])
     assert texts(a["train"]) == texts(b["train"])
     assert texts(a["validation"]) != texts(c["validation"])
     # A split is a partition of the documents.
-    assert sorted(texts(a["train"]) + texts(a["validation"])) == sorted(
-        texts(c["train"]) + texts(c["validation"])
-    )
+    assert sorted(texts(a["train"]) + texts(a["validation"])) == sorted(texts(c["train"]) + texts(c["validation"]))
 
 
 # ---------------------------------------------------------------- (c) local files
@@ -133,9 +129,7 @@ def test_save_to_disk_dataset_dict_with_own_validation(tmp_path):
     assert texts(splits["train"]) == [f"train {i}" for i in range(30)]  # empty row dropped
     assert texts(splits["validation"]) == [f"val {i}" for i in range(5)]
     # An explicit split mode re-splits the train split and ignores its validation.
-    resplit = load_text_splits(
-        CorpusSpec(dataset=str(tmp_path / "dd"), text_column="content", split="documents")
-    )
+    resplit = load_text_splits(CorpusSpec(dataset=str(tmp_path / "dd"), text_column="content", split="documents"))
     assert len(resplit["validation"]) == 3 and all(t.startswith("train") for t in texts(resplit["validation"]))
     # max_chars caps train and the own validation split in proportion to val_fraction.
     capped = load_text_splits(CorpusSpec(dataset=str(tmp_path / "dd"), text_column="content", max_chars=60))
@@ -145,7 +139,7 @@ def test_save_to_disk_dataset_dict_with_own_validation(tmp_path):
 
 def test_save_to_disk_single_dataset(tmp_path):
     datasets.Dataset.from_dict({"text": [f"row {i} " * 5 for i in range(40)]}).save_to_disk(str(tmp_path / "ds"))
-    splits = load_text_splits(CorpusSpec(dataset=str(tmp_path / "ds"), seed=3))
+    splits = load_text_splits(CorpusSpec(dataset=str(tmp_path / "ds"), data_seed=3))
     assert len(splits["train"]) == 36 and len(splits["validation"]) == 4
 
 
@@ -205,15 +199,14 @@ def test_bits_per_char_and_byte():
 
 
 def test_cli_flags_round_trip():
-    parser = argparse.ArgumentParser()
-    add_data_args(parser)
-    args = parser.parse_args(
-        "--text-files a.txt b*.txt --val-fraction 0.2 --split chars --data-seed 7 --max-chars 9".split()
+    argv = "--text-files a.txt b*.txt --val-fraction 0.2 --split chars --data-seed 7 --max-chars 9".split()
+    (spec,) = parse([CorpusSpec], argv)
+    assert spec == CorpusSpec(
+        text_files=["a.txt", "b*.txt"], val_fraction=0.2, split="chars", data_seed=7, max_chars=9
     )
-    assert spec_from_args(args) == CorpusSpec(
-        text_files=["a.txt", "b*.txt"], val_fraction=0.2, split="chars", seed=7, max_chars=9
-    )
-    assert spec_from_args(parser.parse_args([])) == CorpusSpec()
+    assert parse([CorpusSpec], []) == (CorpusSpec(),)
+    with pytest.raises(SystemExit):  # argparse: "invalid choice"
+        parse([CorpusSpec], ["--split", "lines"])
 
 
 # ---------------------------------------------------------------- errors
@@ -230,13 +223,13 @@ def test_missing_file_and_empty_glob(tmp_path):
 
 def test_non_utf8_file_names_line_and_offset(tmp_path):
     good = write(tmp_path / "good.txt", "fine\n")
-    bad = write(tmp_path / "bad.txt", "ok line\nsecond caf".encode() + b"\xe9 latin-1\n")
+    bad = write(tmp_path / "bad.txt", b"ok line\nsecond caf" + b"\xe9 latin-1\n")
     with pytest.raises(ValueError, match=r"bad\.txt: not valid UTF-8 at line 2, byte offset 18"):
         load_text_splits(CorpusSpec(text_files=[good, bad]))
 
 
 def test_utf8_check_across_chunk_boundary(tmp_path):
-    from hf_attn.data import check_utf8
+    from hf_attn.train.data import check_utf8
 
     f = write(tmp_path / "a.txt", "ab\n€€€")  # € is 3 bytes; 4-byte chunks cut it
     check_utf8(f, chunk_bytes=4)

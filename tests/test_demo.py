@@ -4,15 +4,16 @@ real page driven by headless Chromium (Debian's package, through Playwright)."""
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-
-from hf_attn.demo import ERROR_PREFIX, load_models, stream_all
+from conftest import entry_point
 from test_hub import free_port, make_run_folder, stop, wait_for_http
+
+from hf_attn.cli.demo import main as demo_main
+from hf_attn.tools.demo import ERROR_PREFIX, load_models, stream_all
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
@@ -35,7 +36,7 @@ def greedy(m, prompt: str, n: int) -> str:
     ids = m.tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         out = m.model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
-    return m.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return m.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_info_shows_attention_and_kv_cache(models):
@@ -58,20 +59,19 @@ def test_failed_request_is_shown_and_next_one_works(models):
     final = list(stream_all(models, PROMPT, max_new_tokens=300, temperature=0.0))[-1]
     failed = [t for t in final if ERROR_PREFIX + "ValueError: Sequence length" in t]
     assert failed, final  # at least one model ran past the limit (the other may stop at EOS)
-    assert list(stream_all(models, PROMPT, max_new_tokens=5, temperature=0.0))[-1] == [greedy(m, PROMPT, 5) for m in models]
+    assert list(stream_all(models, PROMPT, max_new_tokens=5, temperature=0.0))[-1] == [
+        greedy(m, PROMPT, 5) for m in models
+    ]
     assert list(stream_all(models, "", 5))[-1] == [ERROR_PREFIX + "type a prompt first."] * 2
 
 
 def test_bad_model_path_fails_at_startup(tmp_path, model_dirs, capsys):
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    try:
-        import demo as script
-    finally:
-        sys.path.pop(0)
     bad = str(tmp_path / "no-such-run")
-    assert script.main([str(model_dirs[0]), bad]) == 1
-    err = capsys.readouterr().err
-    assert bad in err and "not a model folder" in err
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main([str(model_dirs[0]), bad])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and bad in err and "not a model folder" in err
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/ci_setup.sh installs it)")
@@ -83,16 +83,26 @@ def test_page_in_headless_chromium(model_dirs, models, tmp_path):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "demo.log", "w")
     server = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), *map(str, model_dirs), "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [*entry_point("hf-attn-demo"), *map(str, model_dirs), "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for_http(url, server, tmp_path / "demo.log", 60)
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"],
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
             )
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})

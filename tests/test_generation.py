@@ -88,7 +88,9 @@ def test_seeded_sampling_is_reproducible(make_model, attention_type):
 def test_beam_search_shapes(make_model, attention_type):
     model = make_model(attention_type)
     ids, mask = left_pad(prompts())
-    out = greedy(model, ids, mask, num_beams=2, num_return_sequences=2, return_dict_in_generate=True, output_scores=True)
+    out = greedy(
+        model, ids, mask, num_beams=2, num_return_sequences=2, return_dict_in_generate=True, output_scores=True
+    )
     assert out.sequences.shape == (6, ids.shape[1] + NEW)
     # each prompt's two beams follow it, and start with it
     assert torch.equal(out.sequences[:, : ids.shape[1]], ids.repeat_interleave(2, dim=0))

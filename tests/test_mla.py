@@ -8,8 +8,8 @@ from torch.testing import assert_close
 from transformers import DeepseekV3ForCausalLM, DynamicCache, StaticCache
 
 from hf_attn import to_deepseek_v3
-from hf_attn.attention_mla import ABSORB_MAX_QUERY_LEN, HfAttnMLAttention
-from hf_attn.export import deepseek_v3_config
+from hf_attn.model.attention_mla import ABSORB_MAX_QUERY_LEN, HfAttnMLAttention
+from hf_attn.tools.export import deepseek_v3_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -158,9 +158,7 @@ def test_auto_cached_decode_equals_full_pass(make_model, padded_batch, mla_paths
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
 def test_absorbed_chunk_equals_naive(make_model, padded_batch, mla_paths, padded, attn_implementation):
     """A 4-token chunk after a 6-token prefill: inside the chunk the mask must still be causal."""
-    absorbed, naive = _same_weight_pair(
-        make_model, ("always", "never"), attn_implementation=attn_implementation
-    )
+    absorbed, naive = _same_weight_pair(make_model, ("always", "never"), attn_implementation=attn_implementation)
     ids, mask = padded_batch((10, 8, 5))
     if not padded:
         mask = torch.ones_like(ids)
@@ -224,9 +222,16 @@ def test_static_cache_prefill_and_decode_equal_full_pass(make_model, padded_batc
     full = logits_of(model, ids, use_cache=False)
     cache = StaticCache(config=model.config, max_cache_len=16)
     with torch.no_grad():
-        prefill = model(input_ids=ids[:, :7], attention_mask=torch.ones_like(ids[:, :7]), cache=cache, use_cache=True).logits
+        prefill = model(
+            input_ids=ids[:, :7], attention_mask=torch.ones_like(ids[:, :7]), cache=cache, use_cache=True
+        ).logits
         steps = [
-            model(input_ids=ids[:, t : t + 1], attention_mask=torch.ones_like(ids[:, : t + 1]), cache=cache, use_cache=True).logits
+            model(
+                input_ids=ids[:, t : t + 1],
+                attention_mask=torch.ones_like(ids[:, : t + 1]),
+                cache=cache,
+                use_cache=True,
+            ).logits
             for t in (7, 8)
         ]
     assert mla_paths == {"naive": 2, "absorbed": 2 * 3}  # full pass naive; prefill and steps absorbed
@@ -239,8 +244,13 @@ def test_static_cache_holds_only_latent_and_rope_key(make_model, padded_batch):
     config = model.config
     ids, mask = padded_batch((7, 5))
     out = model.generate(
-        ids, attention_mask=mask, max_new_tokens=4, do_sample=False, cache_implementation="static",
-        return_dict_in_generate=True, pad_token_id=0,
+        ids,
+        attention_mask=mask,
+        max_new_tokens=4,
+        do_sample=False,
+        cache_implementation="static",
+        return_dict_in_generate=True,
+        pad_token_id=0,
     )
     cache = getattr(out, "cache", None) or out.past_key_values
     assert isinstance(cache, StaticCache)

@@ -6,7 +6,7 @@ from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaForCausalLM
 
 from hf_attn import ATTENTION_TYPES, HfAttnConfig, HfAttnForCausalLM, to_llama
-from hf_attn.export import llama_config
+from hf_attn.tools.export import llama_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -40,7 +40,11 @@ def test_llama_parity(make_model, padded_batch, attention_type, tie):
         assert_close(ours, logits_of(llama, ids, use_cache=use_cache), **TOL)
         # Padded rows attend to nothing real and are unspecified; compare the real positions.
         valid = mask.bool()
-        assert_close(logits_of(model, ids, mask, use_cache=use_cache)[valid], logits_of(llama, ids, mask, use_cache=use_cache)[valid], **TOL)
+        assert_close(
+            logits_of(model, ids, mask, use_cache=use_cache)[valid],
+            logits_of(llama, ids, mask, use_cache=use_cache)[valid],
+            **TOL,
+        )
 
 
 @pytest.mark.parametrize("attention_bias", [False, True], ids=["nobias", "bias"])
@@ -74,7 +78,9 @@ def test_parity_comparison_is_sensitive(make_model, padded_batch):
     diff = (logits_of(model, ids) - logits_of(llama, ids)).abs().max()
     assert diff > 1e-3
     # and the copy was independent: the Llama weight did not move with ours
-    assert not torch.equal(model.model.layers[1].self_attn.k_proj.weight, llama.model.layers[1].self_attn.k_proj.weight)
+    assert not torch.equal(
+        model.model.layers[1].self_attn.k_proj.weight, llama.model.layers[1].self_attn.k_proj.weight
+    )
 
 
 def test_rope_is_relative_and_positions_matter(make_model, padded_batch):
@@ -82,10 +88,18 @@ def test_rope_is_relative_and_positions_matter(make_model, padded_batch):
     model = make_model("mha")
     ids, _ = padded_batch((12, 9, 5))
     shifted = torch.arange(3, 3 + ids.shape[1]).unsqueeze(0)
-    diff = (logits_of(model, ids, use_cache=False) - logits_of(model, ids, position_ids=shifted, use_cache=False)).abs().max()
+    diff = (
+        (logits_of(model, ids, use_cache=False) - logits_of(model, ids, position_ids=shifted, use_cache=False))
+        .abs()
+        .max()
+    )
     assert diff < 1e-3  # RoPE is relative: a constant shift keeps q.k (up to rounding)
     scrambled = torch.arange(ids.shape[1]).flip(0).unsqueeze(0)
-    diff = (logits_of(model, ids, use_cache=False) - logits_of(model, ids, position_ids=scrambled, use_cache=False)).abs().max()
+    diff = (
+        (logits_of(model, ids, use_cache=False) - logits_of(model, ids, position_ids=scrambled, use_cache=False))
+        .abs()
+        .max()
+    )
     assert diff > 1e-2
 
 
@@ -244,4 +258,4 @@ def test_gradient_checkpointing_same_grads(make_model, padded_batch, attention_t
     assert grads.keys() == ckpt_grads.keys()
     assert all(g.abs().sum() > 0 for g in grads.values())
     for name in grads:
-        assert_close(ckpt_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        assert_close(ckpt_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

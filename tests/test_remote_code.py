@@ -11,7 +11,13 @@ from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-MODELING_FILES = {"configuration_hf_attn.py", "modeling_hf_attn.py", "attention_gqa.py", "attention_mla.py"}
+MODELING_FILES = {
+    "configuration_hf_attn.py",
+    "modeling_hf_attn.py",
+    "attention.py",
+    "attention_mla.py",
+    "attention_utils.py",
+}
 
 # Runs in the child process. `sys.modules["hf_attn"] = None` makes every `import hf_attn` raise
 # ImportError, even though the package is installed (editable) in this environment.
@@ -85,12 +91,26 @@ def test_load_with_remote_code_without_hf_attn(make_model, tmp_path, attention_t
     script.write_text(LOADER)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")}
     modules_cache = tmp_path / "modules"
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(modules_cache), HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env.update(
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_MODULES_CACHE=str(modules_cache),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )
     run = subprocess.run(
-        [sys.executable, str(script), str(folder), str(tmp_path / "inputs.safetensors"),
-         str(tmp_path / "outputs.safetensors"), str(torch.get_num_threads())],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(script),
+            str(folder),
+            str(tmp_path / "inputs.safetensors"),
+            str(tmp_path / "outputs.safetensors"),
+            str(torch.get_num_threads()),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])

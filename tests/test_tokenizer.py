@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from hf_attn.data import CorpusSpec
-from hf_attn.tokenization import EOS_TOKEN, PAD_TOKEN, train_tokenizer
+from hf_attn.train.data import CorpusSpec
+from hf_attn.train.tokenizer import EOS_TOKEN, PAD_TOKEN, train_tokenizer
 
 REPO_TOKENIZER = Path(__file__).resolve().parents[1] / "tokenizer"
 
@@ -32,9 +32,7 @@ TRICKY = [
 def trained(tmp_path_factory):
     """A small tokenizer trained by the same code, saved and reloaded with AutoTokenizer."""
     out = tmp_path_factory.mktemp("tok")
-    _, summary = train_tokenizer(
-        CorpusSpec(max_chars=300_000), vocab_size=512, output_dir=out, show_progress=False
-    )
+    _, summary = train_tokenizer(CorpusSpec(max_chars=300_000), vocab_size=512, output_dir=out, show_progress=False)
     return AutoTokenizer.from_pretrained(out), summary
 
 

@@ -15,17 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import entry_point
 
-from hf_attn.data import CorpusSpec
-from hf_attn.report import read_jsonl
-from hf_attn.training import TrainArgs, latest_checkpoint, train
+from hf_attn.cli.train import main as train_main
+from hf_attn.train import CorpusSpec, ModelOptions, TrainArgs, train
+from hf_attn.train.loop import latest_checkpoint
+from hf_attn.utils import read_jsonl
 
 # In-process runs on one torch thread: on the 2 shared cores, two threads were 8x slower here.
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "tiny_loss.json"
 TINY = dict(
-    preset="tiny",
     train_tokenizer_vocab=512,
     block_size=64,
     batch_size=8,
@@ -42,8 +43,16 @@ TINY_FLAGS = [
 ]  # fmt: skip
 
 
-def tiny_args(output_dir, **kw) -> TrainArgs:
-    return TrainArgs(output_dir=str(output_dir), corpus=CorpusSpec(max_chars=100_000), **{**TINY, **kw})
+def tiny_args(output_dir, model: dict | None = None, **kw) -> TrainArgs:
+    model = model or {}
+    if "init_from" not in model:
+        model = {"preset": "tiny", **model}
+    return TrainArgs(
+        output_dir=str(output_dir),
+        model=ModelOptions(**model),
+        corpus=CorpusSpec(max_chars=100_000),
+        **{**TINY, **kw},
+    )
 
 
 def golden_run(output_dir) -> list[dict]:
@@ -128,13 +137,42 @@ def test_config_file_and_tokenizer_dir_of_a_previous_run(finished_run, tmp_path)
 
     The saved file has num_key_value_heads=4 written out, so switching to MQA must set it too."""
     out, first = finished_run
-    args = tiny_args(tmp_path / "again", config=str(out / "config.json"), tokenizer=str(out), train_tokenizer_vocab=None,
-                     attention_type="mqa", num_kv_heads=1, max_steps=2, eval_every=2, save_every=0)  # fmt: skip
+    model = dict(config=str(out / "config.json"), attention_type="mqa", config_overrides="num_key_value_heads=1")
+    args = tiny_args(tmp_path / "again", model=model, tokenizer=str(out), train_tokenizer_vocab=None, max_steps=2,
+                     eval_every=2, save_every=0)  # fmt: skip
     result = train(args)
     saved = json.loads((tmp_path / "again" / "config.json").read_text())
     assert saved["attention_type"] == "mqa" and saved["num_key_value_heads"] == 1
     assert saved["vocab_size"] == 512 and saved["eos_token_id"] == 0
     assert result["params"] < first["params"]  # one K/V head instead of four
+
+
+def test_init_from_starts_at_the_saved_weights_and_keeps_learning(finished_run, tmp_path):
+    """--init-from: the evaluation before any step equals the source's last one; fine-tuning lowers it."""
+    out, first = finished_run
+    args = tiny_args(tmp_path / "tuned", model=dict(init_from=str(out)), train_tokenizer_vocab=None, max_steps=12,
+                     eval_every=12, eval_on_start=True, save_every=0, lr=3e-3, warmup_steps=2)  # fmt: skip
+    result = train(args)
+    start, end = read_jsonl(tmp_path / "tuned" / "metrics.jsonl")
+    assert start["step"] == 0 and start["train_loss"] is None
+    assert start["val_loss"] == pytest.approx(first["val_loss"], abs=1e-5)
+    assert end["val_loss"] < start["val_loss"] - 0.05
+    assert result["params"] == first["params"]
+    saved = json.loads((tmp_path / "tuned" / "tokenizer_config.json").read_text())
+    assert saved["model_max_length"] == 256  # the model's context, not transformers' 1e30 placeholder
+
+
+def test_init_from_refuses_a_contradicting_shape(finished_run, tmp_path):
+    out, _ = finished_run
+    bad = dict(init_from=str(out), config_overrides="num_hidden_layers=3")
+    with pytest.raises(
+        ValueError, match="num_hidden_layers=3 contradicts the --init-from model .* num_hidden_layers=2"
+    ):
+        train(tiny_args(tmp_path / "a", model=bad, train_tokenizer_vocab=None, max_steps=1))
+    with pytest.raises(ValueError, match="--preset 'tiny' contradicts --init-from"):
+        train(tiny_args(tmp_path / "b", model=dict(init_from=str(out), preset="tiny"), train_tokenizer_vocab=None))
+    with pytest.raises(ValueError, match="--train-tokenizer-vocab contradicts --init-from"):
+        train(tiny_args(tmp_path / "c", model=dict(init_from=str(out)), max_steps=1))
 
 
 # ---------------------------------------------------------------- resume
@@ -143,7 +181,7 @@ def test_config_file_and_tokenizer_dir_of_a_previous_run(finished_run, tmp_path)
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     flags = TINY_FLAGS + ["--max-steps", "100", "--eval-every", "25", "--save-every", "10", "--log-every", "5"]
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *flags, "--output-dir", str(killed)]
+    cmd = [*entry_point("hf-attn-train"), *flags, "--output-dir", str(killed)]
     proc = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while latest_checkpoint(str(killed)) is None and proc.poll() is None and time.monotonic() < deadline:
@@ -185,7 +223,7 @@ def test_two_processes_shard_the_data_and_only_rank0_writes(tmp_path):
     env = {**script_env(), "ACCELERATE_USE_CPU": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    cmd = [*launch, str(REPO / "scripts" / "train.py"), *TINY_FLAGS, "--max-steps", "30", "--eval-every", "10",
+    cmd = [*launch, *entry_point("hf-attn-train"), *TINY_FLAGS, "--max-steps", "30", "--eval-every", "10",
            "--save-every", "20", "--output-dir", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -216,10 +254,58 @@ def test_block_size_above_max_position_embeddings(tmp_path):
         train(tiny_args(tmp_path / "a", block_size=512, max_steps=1))
 
 
-def test_tokenizer_larger_than_model_vocab(tmp_path):
-    args = tiny_args(tmp_path / "a", max_steps=1, train_tokenizer_vocab=None, tokenizer=str(REPO / "tokenizer"))
-    with pytest.raises(ValueError, match="tokenizer has 8192 tokens but the model's vocab_size is 256"):
+def test_tokenizer_larger_than_a_given_vocab_size(tmp_path):
+    args = tiny_args(
+        tmp_path / "a",
+        model=dict(config_overrides="vocab_size=256"),
+        max_steps=1,
+        train_tokenizer_vocab=None,
+        tokenizer=str(REPO / "tokenizer"),
+    )
+    with pytest.raises(
+        ValueError, match="vocab_size: the tokenizer has 8192 tokens but the model's vocab_size is 256"
+    ):
         train(args)
+
+
+def test_the_tiny_preset_takes_the_tokenizer_vocabulary(tmp_path, capsys):
+    """The preset's vocab_size (256) is only a default: the project's 8192-token tokenizer sizes the embedding."""
+    out = tmp_path / "t"
+    train_main(
+        [
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--output-dir",
+            str(out),
+            "--max-chars",
+            "50000",
+            "--block-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--tracker",
+            "none",
+            "--no-progress",
+            "--sample-tokens",
+            "2",
+        ]
+    )
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 8192
+    stdout = capsys.readouterr().out  # evaluation lines, then the summary as JSON
+    assert json.loads(stdout[stdout.index("{") :])["steps"] == 2
+
+
+def test_unknown_config_override_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--config-overrides: 'num_kv_heads' is not an HfAttnConfig field"):
+        train(tiny_args(tmp_path / "a", model=dict(config_overrides="num_kv_heads=1"), max_steps=1))
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--resume: .* holds no checkpoint"):
+        train(tiny_args(tmp_path / "fresh", max_steps=1, resume=True))
+    assert not (tmp_path / "fresh").exists()  # nothing was started
 
 
 def test_missing_tokenizer_path(tmp_path):
@@ -230,12 +316,12 @@ def test_missing_tokenizer_path(tmp_path):
 
 def test_output_dir_of_another_run_is_refused_unless_overwrite(finished_run, tmp_path):
     out, _ = finished_run
-    with pytest.raises(FileExistsError, match="already holds another training run"):
+    with pytest.raises(FileExistsError, match="already holds another run"):
         train(tiny_args(out, max_steps=1))
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not an hf_attn run; refusing to delete"):
+    with pytest.raises(FileExistsError, match="holds no hf_attn run; refusing to delete"):
         train(tiny_args(stranger, max_steps=1, overwrite=True))
     assert (stranger / "notes.txt").read_text() == "mine"
 
@@ -256,5 +342,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         log = golden_run(tmp)
     GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps({"steps": [r["step"] for r in log], "train_loss": [r["train_loss"] for r in log]}, indent=1) + "\n")
+    GOLDEN.write_text(
+        json.dumps({"steps": [r["step"] for r in log], "train_loss": [r["train_loss"] for r in log]}, indent=1) + "\n"
+    )
     print(f"wrote {GOLDEN}")

@@ -6,8 +6,8 @@ a strict `load_state_dict`: any naming or shape drift fails loudly instead of lo
 
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from .configuration_hf_attn import HfAttnConfig
-from .modeling_hf_attn import HfAttnForCausalLM
+from ..model.configuration_hf_attn import HfAttnConfig
+from ..model.modeling_hf_attn import HfAttnForCausalLM
 
 _SHARED_FIELDS = (
     "vocab_size",

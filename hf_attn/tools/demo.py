@@ -18,6 +18,7 @@ from threading import Thread
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
+from ..utils import HfAttnError
 from .hub import format_bytes
 
 # Gradio sends usage statistics by default; the demo runs offline and sends nothing.
@@ -26,7 +27,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ERROR_PREFIX = "⚠ Error: "
 
 
-class DemoError(RuntimeError):
+class DemoError(HfAttnError):
     """A model given to the demo cannot be loaded; the message names it."""
 
 
@@ -47,7 +48,8 @@ class LoadedModel:
             nbytes = elems * self.model.dtype.itemsize
             ctx = config.max_position_embeddings
             lines.append(
-                f"KV cache: {elems:,} elements/token = {format_bytes(nbytes)}/token in {str(self.model.dtype).removeprefix('torch.')}"
+                f"KV cache: {elems:,} elements/token = {format_bytes(nbytes)}/token in "
+                f"{str(self.model.dtype).removeprefix('torch.')}"
                 f"; {format_bytes(nbytes * ctx)} at the full {ctx:,}-token context"
             )
         params = sum(p.numel() for p in self.model.parameters())
@@ -82,8 +84,13 @@ def generation_kwargs(max_new_tokens: int, temperature: float, top_k: int, top_p
 
 
 def stream_all(
-    models: list[LoadedModel], prompt: str, max_new_tokens: int = 64, temperature: float = 0.8, top_k: int = 50,
-    top_p: float = 0.95, poll_s: float = 0.05,
+    models: list[LoadedModel],
+    prompt: str,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    poll_s: float = 0.05,
 ) -> Iterator[list[str]]:
     """Generate from `prompt` with every model at once; yield the texts so far, one per model.
 
@@ -136,7 +143,9 @@ def build_app(models: list[LoadedModel]):
         prompt = gr.Textbox(label="Prompt", value="In the beginning", lines=3, elem_id="prompt")
         with gr.Row():
             max_new = gr.Slider(1, 512, value=64, step=1, label="max new tokens", elem_id="max_new_tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="temperature (0 = greedy)", elem_id="temperature")
+            temperature = gr.Slider(
+                0.0, 2.0, value=0.8, step=0.05, label="temperature (0 = greedy)", elem_id="temperature"
+            )
             top_k = gr.Slider(0, 200, value=50, step=1, label="top-k (0 = off)", elem_id="top_k")
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="top-p", elem_id="top_p")
         button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -145,7 +154,9 @@ def build_app(models: list[LoadedModel]):
             for i, m in enumerate(models):
                 with gr.Column():
                     gr.Markdown(m.info, elem_id=f"info-{i}")
-                    outputs.append(gr.Textbox(label=f"{m.name} output", lines=12, interactive=False, elem_id=f"output-{i}"))
+                    outputs.append(
+                        gr.Textbox(label=f"{m.name} output", lines=12, interactive=False, elem_id=f"output-{i}")
+                    )
 
         def run(prompt_text, n, temp, k, p):
             yield from stream_all(models, prompt_text, n, temp, k, p)
@@ -160,9 +171,12 @@ def launch(models: list[LoadedModel], host: str = "127.0.0.1", port: int = 7860)
     import gradio as gr
 
     # System fonts only: the default theme would ask a web font service, which is not reachable offline.
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    build_app(models).queue().launch(server_name=host, server_port=port, share=False, theme=theme,
-                                     footer_links=[], ssr_mode=False, mcp_server=False)
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    build_app(models).queue().launch(
+        server_name=host, server_port=port, share=False, theme=theme, footer_links=[], ssr_mode=False, mcp_server=False
+    )
 
 
 __all__ = ["DemoError", "LoadedModel", "load_models", "stream_all", "build_app", "launch"]

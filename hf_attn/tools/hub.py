@@ -13,13 +13,16 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from safetensors import safe_open
 
-from .configuration_hf_attn import HfAttnConfig
+from ..model.configuration_hf_attn import HfAttnConfig
+from ..utils import HfAttnError, check_safetensors, is_offline, markdown_table, read_jsonl
 
 try:  # huggingface_hub >= 2 talks through httpx2, 1.x through httpx
     from httpx2 import TransportError
@@ -39,13 +42,47 @@ TOKENIZER_FILES = (
 # Pickle-based weights can run arbitrary code when loaded; they are never uploaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # safetensors dtype strings -> bytes per element
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I8": 1,
+    "U8": 1,
+}
 SAFETENSORS_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 LICENSE = "apache-2.0"  # the project's license; the card says so unless told otherwise
 LOGIN_HINT = "Log in with `hf auth login`, set the HF_TOKEN environment variable, or pass --token."
 
 
-class HubError(RuntimeError):
+@dataclass
+class HubOptions:
+    """Where and how to share a run folder on the Hub."""
+
+    _argument_group_name = "hub"
+
+    repo_id: str | None = field(default=None, metadata={"help": "USER/NAME or ORG/NAME on the Hub"})
+    private: bool = field(default=False, metadata={"help": "create the repo as private"})
+    revision: str | None = field(
+        default=None, metadata={"help": "branch to upload to (created if missing); default: main"}
+    )
+    token: str | None = field(
+        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the token saved by `hf auth login`)"}
+    )
+    license: str = field(default=LICENSE, metadata={"help": "license for the card metadata"})
+    card_datasets: list[str] | None = field(
+        default=None, metadata={"help": "Hub dataset ids trained on, for the card"}
+    )
+    training_data: str | None = field(
+        default=None, metadata={"help": "free-text description of the training data for the card"}
+    )
+
+
+class HubError(HfAttnError):
     """A run folder cannot be shared, or the Hub refused or could not be reached; the message says why."""
 
 
@@ -71,6 +108,18 @@ def validate_model_dir(model_dir: str | Path) -> dict:
                 "re-save with save_pretrained(..., safe_serialization=True) to get model.safetensors."
             )
         raise HubError(f"{str(d)!r} has no model.safetensors.")
+    for f in _weight_files(d):
+        if f.suffix == ".safetensors":
+            try:
+                check_safetensors(f)
+            except ValueError as e:
+                raise HubError(f"{e}; re-save the model or copy the file again.") from None
+    if pickles:
+        warnings.warn(
+            f"{str(d)!r} also holds pickle files ({', '.join(pickles)}); they are left out of the upload "
+            "(pickles run code when loaded), only the safetensors weights go up.",
+            stacklevel=2,
+        )
     auto_map = config.get("auto_map")
     if not auto_map:
         raise HubError(
@@ -94,14 +143,6 @@ def _weight_files(d: Path) -> list[Path]:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [index] + [d / s for s in shards]
     return []
-
-
-def read_metrics(model_dir: str | Path) -> list[dict]:
-    """The run's evaluations from metrics.jsonl (one JSON object a line), or [] without one."""
-    path = Path(model_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def weight_stats(model_dir: str | Path) -> tuple[int, str, int]:
@@ -135,11 +176,10 @@ def _metrics_table(metrics: list[dict], rows: int = 8) -> str:
     if len(metrics) > rows:
         step = (len(metrics) - 1) / (rows - 1)
         metrics = [metrics[round(i * step)] for i in range(rows)]
-    cols = [c for c in ("step", "tokens", "train_loss", "val_loss", "val_bits_per_char", "perplexity") if c in metrics[0]]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for m in metrics:
-        lines.append("| " + " | ".join(_fmt_value(m.get(c)) for c in cols) + " |")
-    return "\n".join(lines)
+    cols = [
+        c for c in ("step", "tokens", "train_loss", "val_loss", "val_bits_per_char", "perplexity") if c in metrics[0]
+    ]
+    return markdown_table(cols, [[_fmt_value(m.get(c)) for c in cols] for m in metrics])
 
 
 def _fmt_value(v) -> str:
@@ -165,7 +205,7 @@ def build_model_card(
     d = Path(model_dir)
     config = HfAttnConfig.from_pretrained(str(d))
     params, dtype, nbytes = weight_stats(d)
-    metrics = read_metrics(d)
+    metrics = read_jsonl(d / "metrics.jsonl")
     run_args = json.loads((d / "train_args.json").read_text()) if (d / "train_args.json").is_file() else {}
     corpus = run_args.get("corpus") or {}
     if datasets is None and corpus.get("dataset") and not os.path.exists(str(corpus["dataset"])):
@@ -186,9 +226,15 @@ def build_model_card(
     kv_bytes = kv_elems * nbytes
     ctx = config.max_position_embeddings
     if attn == "mla":
-        kv_formula = f"(kv_lora_rank {config.kv_lora_rank} + qk_rope_head_dim {config.qk_rope_head_dim}) x {config.num_hidden_layers} layers"
+        kv_formula = (
+            f"(kv_lora_rank {config.kv_lora_rank} + qk_rope_head_dim {config.qk_rope_head_dim}) "
+            f"x {config.num_hidden_layers} layers"
+        )
     else:
-        kv_formula = f"2 x {config.num_key_value_heads} K/V heads x head_dim {config.head_dim} x {config.num_hidden_layers} layers"
+        kv_formula = (
+            f"2 x {config.num_key_value_heads} K/V heads x head_dim {config.head_dim} "
+            f"x {config.num_hidden_layers} layers"
+        )
 
     parts = [
         f"# {repo_id.split('/')[-1]}\n",
@@ -248,7 +294,7 @@ def build_model_card(
 
 
 def _describe_training_data(run_args: dict) -> str:
-    """One paragraph from the run's train_args.json (written by hf_attn.training)."""
+    """One paragraph from the run's train_args.json (written by hf_attn.train.loop)."""
     if not run_args:
         return "Not recorded in the run folder (no train_args.json)."
     corpus = run_args.get("corpus") or {}
@@ -320,7 +366,7 @@ def push_to_hub(
         return str(dry_run_dir)
 
     validate_model_dir(model_dir)
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+    if constants.HF_HUB_OFFLINE or is_offline():
         raise HubError("Offline mode is on (HF_HUB_OFFLINE=1); unset it to upload, or use --dry-run DIR.")
     token = token or get_token()
     if not token:
@@ -332,7 +378,8 @@ def push_to_hub(
         allowed = {user.get("name")} | {org.get("name") for org in user.get("orgs", [])}
         if namespace not in allowed:
             raise HubError(
-                f"Your token belongs to {user.get('name')!r} (organizations: {sorted(allowed - {user.get('name')}) or 'none'}), "
+                f"Your token belongs to {user.get('name')!r} "
+                f"(organizations: {sorted(allowed - {user.get('name')}) or 'none'}), "
                 f"which cannot write to {namespace!r}; pick --repo-id {user.get('name')}/NAME."
             )
         url = api.create_repo(repo_id, private=private, exist_ok=True)
@@ -365,4 +412,4 @@ def push_to_hub(
     return f"{url}/tree/{revision}" if revision else str(url)
 
 
-__all__ = ["HubError", "push_to_hub", "stage_folder", "build_model_card", "validate_model_dir", "read_metrics"]
+__all__ = ["HubError", "push_to_hub", "stage_folder", "build_model_card", "validate_model_dir"]

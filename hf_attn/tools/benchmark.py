@@ -9,21 +9,18 @@ the other.
 """
 
 import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import torch
-import transformers
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .configuration_hf_attn import HfAttnConfig
+from ..model.configuration_hf_attn import HfAttnConfig
+from ..model.modeling_hf_attn import HfAttnForCausalLM
+from ..utils import environment, format_table
 from .export import to_deepseek_v3, to_llama
-from .modeling_hf_attn import HfAttnForCausalLM
 
 
 def swiglu_intermediate_size(hidden_size: int, multiple_of: int = 8) -> int:
@@ -85,44 +82,6 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
     """Median of a[i] / b[i]: runs i of two interleaved functions saw nearly the same machine load,
     so on a noisy machine this is steadier than the ratio of the two medians."""
     return statistics.median(x / y for x, y in zip(a, b))
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    """A plain text table; floats are printed with 3 significant digits after the point."""
-
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:,.2f}" if abs(v) >= 10 else f"{v:.3f}"
-        return str(v)
-
-    text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text]
-    return "\n".join(lines)
-
-
-def environment() -> dict:
-    """What a reader needs to judge a timing: versions, threads, CPU, and the code's git commit."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "hf_attn"], capture_output=True, text=True).stdout)
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "git_commit": commit,
-        "hf_attn_uncommitted_changes": dirty,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 def write_json(path: str, args, results) -> None:
@@ -188,11 +147,6 @@ def profile_table(ops: dict[str, dict], row_limit: int = 15) -> str:
 # Decoding
 
 
-def cache_bytes(cache: DynamicCache) -> int:
-    """Bytes held by a cache: the keys and values tensors of every layer."""
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-
-
 @torch.inference_mode()
 def prefill(model: torch.nn.Module, prompt: torch.Tensor) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, float]:
     """Run `prompt` (B, T) through `model` into a fresh DynamicCache.
@@ -208,7 +162,9 @@ def prefill(model: torch.nn.Module, prompt: torch.Tensor) -> tuple[DynamicCache,
 
 
 @torch.inference_mode()
-def greedy_decode(model: torch.nn.Module, cache: DynamicCache, token: torch.Tensor, steps: int) -> tuple[list[int], float]:
+def greedy_decode(
+    model: torch.nn.Module, cache: DynamicCache, token: torch.Tensor, steps: int
+) -> tuple[list[int], float]:
     """`steps` greedy decode steps, one token each, extending `cache`; returns the tokens and seconds."""
     tokens = []
     start = time.perf_counter()

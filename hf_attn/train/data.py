@@ -15,20 +15,22 @@ and cuts fixed blocks of `block_size` tokens.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import math
 import os
 import re
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ..utils import is_offline
 
 SPLIT_MODES = ("auto", "chars", "documents")
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -54,14 +56,20 @@ class CorpusSpec:
     (1 - val_fraction) * max_chars and validation at val_fraction * max_chars.
     """
 
-    text_files: list[str] | None = None
-    dataset: str | None = None
-    dataset_config: str | None = None
-    text_column: str = "text"
-    val_fraction: float = 0.1
-    split: str = "auto"
-    seed: int = 0
-    max_chars: int | None = None
+    _argument_group_name = "data (default: the offline King James Bible corpus)"
+
+    text_files: list[str] | None = field(default=None, metadata={"help": "text/.json/.jsonl files or globs"})
+    dataset: str | None = field(
+        default=None, metadata={"help": "a Hub dataset id, or a folder written by save_to_disk"}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "the Hub dataset's config name"})
+    text_column: str = field(default="text", metadata={"help": "the column that holds the text"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of the text held out for validation"})
+    split: Literal["auto", "chars", "documents"] = field(
+        default="auto", metadata={"help": "how to split train/validation (see CorpusSpec)"}
+    )
+    data_seed: int = field(default=0, metadata={"help": "seed of the document shuffle of split=documents"})
+    max_chars: int | None = field(default=None, metadata={"help": "keep only the first N characters (quick runs)"})
 
 
 @dataclass
@@ -131,13 +139,6 @@ def default_corpus_documents() -> list[str]:
 # ---------------------------------------------------------------- loading sources
 
 
-def _is_offline() -> bool:
-    return any(
-        os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
 def _hub_error(dataset: str, reason: str) -> HubUnavailableError:
     return HubUnavailableError(
         f"Cannot load dataset {dataset!r} from the Hub: {reason}. Omit --dataset to use the "
@@ -150,19 +151,17 @@ def _load_hub_or_disk(spec: CorpusSpec) -> datasets.Dataset | datasets.DatasetDi
     if os.path.isdir(spec.dataset):
         return datasets.load_from_disk(spec.dataset)
     if os.path.exists(spec.dataset) or spec.dataset.startswith((".", "/", "~")):
-        raise FileNotFoundError(
-            f"--dataset {spec.dataset!r} is a path but not a folder written by save_to_disk"
-        )
+        raise FileNotFoundError(f"--dataset {spec.dataset!r} is a path but not a folder written by save_to_disk")
     from huggingface_hub import constants
 
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; if it was set later, the
     # library would still go online (and retry for a minute), so say so at once.
-    if _is_offline() and not constants.HF_HUB_OFFLINE:
+    if is_offline() and not constants.HF_HUB_OFFLINE:
         raise _hub_error(spec.dataset, "offline mode is set (HF_HUB_OFFLINE=1)")
     try:
         return datasets.load_dataset(spec.dataset, spec.dataset_config)
     except ConnectionError as e:  # datasets raises it both offline and on network failure
-        reason = "offline mode is set (HF_HUB_OFFLINE=1)" if _is_offline() else "no connection"
+        reason = "offline mode is set (HF_HUB_OFFLINE=1)" if is_offline() else "no connection"
         raise _hub_error(spec.dataset, f"{reason} ({e})") from e
 
 
@@ -198,7 +197,7 @@ def check_utf8(path: str, chunk_bytes: int = 1 << 24) -> None:
                     line = lines + data[: e.start].count(b"\n") + 1
                     raise ValueError(
                         f"{path}: not valid UTF-8 at line {line}, byte offset {offset + e.start} "
-                        f"({e.reason}: {data[e.start:e.end]!r})"
+                        f"({e.reason}: {data[e.start : e.end]!r})"
                     ) from None
             if not chunk:
                 return
@@ -226,10 +225,7 @@ def _load_text_files(spec: CorpusSpec) -> datasets.Dataset:
 
 def _text_column(ds: datasets.Dataset, column: str, source: str) -> datasets.Dataset:
     if column not in ds.column_names:
-        raise ValueError(
-            f"{source}: no text column {column!r} (columns: {ds.column_names}); "
-            "set --text-column"
-        )
+        raise ValueError(f"{source}: no text column {column!r} (columns: {ds.column_names}); set --text-column")
     ds = ds.select_columns([column])
     if column != "text":
         ds = ds.rename_column(column, "text")
@@ -274,8 +270,7 @@ def _split_chars(texts: list[str], val_fraction: float) -> tuple[list[str], list
 def _split_documents(texts: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     if len(texts) < 2:
         raise ValueError(
-            f"split='documents' needs at least 2 documents, the corpus has {len(texts)}; "
-            "use --split chars"
+            f"split='documents' needs at least 2 documents, the corpus has {len(texts)}; use --split chars"
         )
     n_val = min(max(1, round(len(texts) * val_fraction)), len(texts) - 1)
     order = np.random.default_rng(seed).permutation(len(texts))
@@ -331,7 +326,7 @@ def load_text_splits(spec: CorpusSpec) -> datasets.DatasetDict:
         if mode == "chars":
             train, val = _split_chars(texts, spec.val_fraction)
         else:
-            train, val = _split_documents(texts, spec.val_fraction, spec.seed)
+            train, val = _split_documents(texts, spec.val_fraction, spec.data_seed)
     for name, part in (("train", train), ("validation", val)):
         if not any(part):
             raise ValueError(f"{source}: the {name} split is empty")
@@ -370,9 +365,7 @@ def _pack(tokenized: datasets.Dataset, block_size: int) -> datasets.Dataset:
     return ds.with_format("torch")
 
 
-def pack_splits(
-    splits: datasets.DatasetDict, tokenizer, block_size: int, num_proc: int | None = None
-) -> PackedData:
+def pack_splits(splits: datasets.DatasetDict, tokenizer, block_size: int, num_proc: int | None = None) -> PackedData:
     """Tokenize each split, append EOS after every document, cut blocks of `block_size`."""
     if block_size < 1:
         raise ValueError(f"block_size={block_size}: must be at least 1")
@@ -406,34 +399,7 @@ def build_lm_data(spec: CorpusSpec, tokenizer, block_size: int, num_proc: int | 
     return pack_splits(load_text_splits(spec), tokenizer, block_size, num_proc=num_proc)
 
 
-# ---------------------------------------------------------------- command line and metrics
-
-
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """Add the corpus flags shared by every script (see CorpusSpec)."""
-    g = parser.add_argument_group("data (default: the offline King James Bible corpus)")
-    g.add_argument("--text-files", nargs="+", default=None, help="text/.json/.jsonl files or globs")
-    g.add_argument("--dataset", default=None, help="Hub dataset id, or a save_to_disk folder")
-    g.add_argument("--dataset-config", default=None, help="Hub dataset config name")
-    g.add_argument("--text-column", default="text")
-    g.add_argument("--val-fraction", type=float, default=0.1)
-    g.add_argument("--split", choices=SPLIT_MODES, default="auto")
-    g.add_argument("--data-seed", type=int, default=0)
-    g.add_argument("--max-chars", type=int, default=None, help="cap the corpus (quick runs)")
-
-
-def spec_from_args(args: argparse.Namespace) -> CorpusSpec:
-    """The CorpusSpec of flags added by `add_data_args`."""
-    return CorpusSpec(
-        text_files=args.text_files,
-        dataset=args.dataset,
-        dataset_config=args.dataset_config,
-        text_column=args.text_column,
-        val_fraction=args.val_fraction,
-        split=args.split,
-        seed=args.data_seed,
-        max_chars=args.max_chars,
-    )
+# ---------------------------------------------------------------- metrics
 
 
 def bits_per_char(mean_loss_nats: float, tokens: int, chars: int) -> float:

@@ -13,14 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: write files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def read_jsonl(path: str) -> list[dict]:
-    """The records of a JSON-lines file (an absent file has none)."""
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+from ..utils import markdown_table  # noqa: E402
 
 
 def plot_losses(path: str, evals: list[dict], train_log: list[dict]) -> None:
@@ -42,12 +35,6 @@ def plot_losses(path: str, evals: list[dict], train_log: list[dict]) -> None:
     plt.close(fig)
 
 
-def _table(rows: list[tuple[str, object]]) -> str:
-    lines = ["| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines)
-
-
 def write_report(path: str, summary: dict, model_config: dict, train_args: dict, sample: str) -> None:
     """report.md: final metrics, cost, model config, training arguments and a generated sample."""
     final = summary["history"][-1] if summary["history"] else {}
@@ -56,7 +43,7 @@ def write_report(path: str, summary: dict, model_config: dict, train_args: dict,
         ("perplexity", f"{final.get('perplexity', float('nan')):.3f}"),
         ("validation bits per character", f"{final.get('val_bits_per_char', float('nan')):.4f}"),
         ("validation bits per byte", f"{final.get('val_bits_per_byte', float('nan')):.4f}"),
-        ("train loss (last interval)", f"{final.get('train_loss', float('nan')):.4f}"),
+        ("train loss (last interval)", f"{final.get('train_loss') or float('nan'):.4f}"),
         ("steps", summary["steps"]),
         ("tokens", f"{summary['tokens']:,}"),
     ]
@@ -72,12 +59,14 @@ def write_report(path: str, summary: dict, model_config: dict, train_args: dict,
     text = "\n\n".join(
         [
             "# Training report",
-            "## Final metrics\n\n" + _table(metric_rows),
-            "## Cost\n\n" + _table(cost_rows),
+            "## Final metrics\n\n" + markdown_table(["", ""], metric_rows),
+            "## Cost\n\n" + markdown_table(["", ""], cost_rows),
             "![loss curves](loss.png)",
             f"## Sample\n\nGreedy continuation of {summary['sample_prompt']!r}:\n\n```text\n{sample}\n```",
             "## Model config\n\n```json\n" + json.dumps(model_config, indent=2, sort_keys=True, default=str) + "\n```",
-            "## Training arguments\n\n```json\n" + json.dumps(train_args, indent=2, sort_keys=True, default=str) + "\n```",
+            "## Training arguments\n\n```json\n"
+            + json.dumps(train_args, indent=2, sort_keys=True, default=str)
+            + "\n```",
         ]
     )
     with open(path, "w") as f:

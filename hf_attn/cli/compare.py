@@ -1,0 +1,50 @@
+"""Train every attention design on the same budget and write report.md, results.json and plots.
+
+    hf-attn-compare                       # the default run: about 10 minutes on 2 CPU cores
+    hf-attn-compare --quick --output-dir runs/quick      # seconds, for tests
+    hf-attn-compare --variants mha mla mla-q --max-tokens 2000000 --text-files my/*.txt
+
+Every training option of hf-attn-train applies to all variants alike; the defaults shown are the
+comparison's budget. Exits with status 1 if a variant failed (the others are still reported).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..tools.compare import DEFAULTS, QUICK, CompareArgs, CompareOptions, comparison_table, run_comparison
+from ..train.data import CorpusSpec
+from ..train.options import ModelOptions, TrainArgs, TrainOptions
+from .base import command, parse
+
+OPTION_CLASSES = [CompareOptions, ModelOptions, CorpusSpec, TrainOptions]
+
+
+def parse_compare_args(argv: list[str]) -> CompareArgs:
+    """The comparison's options; with --quick its seconds-long settings replace the defaults, and flags
+    given explicitly still win."""
+    compare, *_ = parse(OPTION_CLASSES, argv, description=__doc__, defaults=DEFAULTS)
+    defaults = {**DEFAULTS, **QUICK} if compare.quick else DEFAULTS
+    compare, model, corpus, options = parse(OPTION_CLASSES, argv, description=__doc__, defaults=defaults)
+    return CompareArgs(
+        train=TrainArgs.from_parts(options, model, corpus),
+        variants=tuple(compare.variants),
+        decode_context=compare.decode_context,
+        decode_steps=compare.decode_steps,
+        command=" ".join(["hf-attn-compare", *argv]).strip(),
+    )
+
+
+@command
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_compare_args(argv)
+    results = run_comparison(args)
+    print(comparison_table(results))
+    print(f"\nreport: {args.output_dir}/report.md")
+    if any(r["status"] != "ok" for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

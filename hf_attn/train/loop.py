@@ -1,0 +1,549 @@
+"""Train an hf_attn model with accelerate: one CPU, many GPUs, or FSDP/DeepSpeed, same code.
+
+Python API (what `hf-attn-train` calls):
+
+    from hf_attn.train import CorpusSpec, ModelOptions, TrainArgs, train
+    result = train(TrainArgs(output_dir="runs/mla", model=ModelOptions(preset="small", attention_type="mla"),
+                             corpus=CorpusSpec(max_chars=200_000), max_steps=300))
+
+The loop reads top to bottom: `setup` (accelerator, data, tokenizer, model, optimizer), then per
+step `train_step`, `log_interval`, `evaluate_interval` and `save_checkpoint`, then `finish`.
+`RunState` is what a checkpoint saves besides accelerate's own state.
+
+`train(args) -> dict` with keys
+    model_dir                 the output dir: final model (safetensors + modeling code) and tokenizer
+    params                    parameter count (tied weights once)
+    kv_cache_elements_per_token, kv_cache_bytes_per_token (16-bit cache: 2 bytes per element)
+    val_loss, perplexity, val_bits_per_char, val_bits_per_byte   of the final evaluation
+    train_loss                mean train loss over the last evaluation interval
+    train_tokens_per_s        training tokens per second of training time (evaluation excluded)
+    wall_s                    seconds from the call to the return (this process, resumed part only)
+    peak_memory_bytes         torch.cuda.max_memory_allocated on GPU, else the process's max RSS
+    steps, tokens             optimizer steps done and training tokens seen (all processes)
+    num_processes, history    history: the metrics.jsonl records, one per evaluation
+    sample, sample_prompt     greedy continuation of a fixed prompt, as in report.md
+
+A run's output dir holds: config.json/model.safetensors/modeling files and the tokenizer (top
+level, so `from_pretrained(output_dir, trust_remote_code=True)` and `pipeline(...)` work),
+checkpoints/checkpoint-STEP (accelerate `save_state` folders, written into a temporary folder and
+renamed, the last `keep_checkpoints` kept), metrics.jsonl (per evaluation: step, tokens,
+train_loss (mean over the steps since the previous evaluation), val_loss, perplexity,
+val_bits_per_char, val_bits_per_byte, lr, elapsed_s (seconds spent in training steps so far,
+evaluation and checkpointing excluded, summed over resumed parts), step_time_s), train_log.jsonl (per
+`log_every` steps), train_args.json, run_info.json (world size, per-process first-batch hashes),
+report.md, loss.png and tensorboard/ (with tracker="tensorboard").
+
+Data order is a function of (seed, epoch): accelerate's seedable sampler draws each epoch's
+permutation from `seed + epoch` and shards it over processes, so a resumed run skips exactly the
+micro-batches it already consumed (`skip_first_batches`) and sees what an uninterrupted run sees.
+`batch_size` is per process: a step consumes batch_size * grad_accum * num_processes blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+
+from ..model.configuration_hf_attn import HfAttnConfig
+from ..model.modeling_hf_attn import HfAttnForCausalLM
+from ..utils import append_jsonl, check_output_dir, check_safetensors, read_jsonl, write_jsonl
+from .data import load_text_splits, pack_splits
+from .evaluation import evaluate_loss, lm_metrics
+from .options import TrainArgs, build_config
+from .report import plot_losses, write_report
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+RUN_MARKER = "train_args.json"  # a folder holding it is an hf_attn run
+
+
+def _new_interval() -> dict:
+    return {"losses": [], "time": 0.0}
+
+
+@dataclass
+class RunState:
+    """Progress that a checkpoint saves (trainer_state.json) besides accelerate's own state.
+
+    `intervals` holds the per-step losses and seconds since the last log and the last evaluation,
+    so that a resumed run logs the same interval means as an uninterrupted one.
+    """
+
+    step: int = 0
+    tokens: int = 0
+    train_time_s: float = 0.0
+    intervals: dict = field(default_factory=lambda: {"log": _new_interval(), "eval": _new_interval()})
+
+    def save(self, folder: str) -> None:
+        with open(os.path.join(folder, "trainer_state.json"), "w") as f:
+            json.dump(dataclasses.asdict(self), f)
+
+    @classmethod
+    def load(cls, folder: str) -> RunState:
+        with open(os.path.join(folder, "trainer_state.json")) as f:
+            return cls(**json.load(f))
+
+
+@dataclass
+class Run:
+    """What a run holds after setup: its pieces, prepared by accelerate, and its derived sizes."""
+
+    args: TrainArgs
+    accelerator: Accelerator
+    tokenizer: object
+    config: HfAttnConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: DataLoader
+    val_loader: DataLoader
+    val_stats: dict
+    max_steps: int
+    tokens_per_step: int
+    eval_batches: int
+    start: float
+    resume_from: str | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.args.output_dir, name)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint folder (temporary folders of an interrupted save are ignored)."""
+    root = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return None
+    steps = [int(m.group(1)) for name in os.listdir(root) if (m := CHECKPOINT_RE.match(name))]
+    return os.path.join(root, f"checkpoint-{max(steps)}") if steps else None
+
+
+def make_accelerator(args: TrainArgs) -> Accelerator:
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=args.grad_accum,
+            sync_with_dataloader=False,  # steps never end at an epoch's end
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
+        log_with=None if args.tracker == "none" else args.tracker,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "tensorboard")
+        ),
+    )
+
+
+def prepare_run_dir(args: TrainArgs, accelerator: Accelerator) -> str | None:
+    """Check and prepare the output dir (see `utils.check_output_dir`); return the checkpoint to resume from."""
+    resume_from = None
+    if args.resume:
+        resume_from = latest_checkpoint(args.output_dir)
+        if resume_from is None:
+            raise FileNotFoundError(
+                f"--resume: {args.output_dir!r} holds no checkpoint (checkpoints/checkpoint-STEP) to resume from; "
+                "run without --resume to start a new run"
+            )
+    clear = check_output_dir(args.output_dir, RUN_MARKER, overwrite=args.overwrite, keep=args.resume)
+    accelerator.wait_for_everyone()  # every process has checked before the main one deletes anything
+    if accelerator.is_main_process:
+        if clear:
+            shutil.rmtree(args.output_dir)
+        os.makedirs(args.output_dir, exist_ok=True)
+        ckpt_root = os.path.join(args.output_dir, "checkpoints")
+        for name in os.listdir(ckpt_root) if os.path.isdir(ckpt_root) else []:
+            if name.startswith("tmp-"):  # saves cut short by a kill
+                shutil.rmtree(os.path.join(ckpt_root, name))
+        with open(os.path.join(args.output_dir, RUN_MARKER), "w") as f:  # marks the folder as a run at once
+            json.dump(args.record(), f, indent=2, default=str)
+    accelerator.wait_for_everyone()
+    return resume_from
+
+
+def load_tokenizer(args: TrainArgs, train_texts, accelerator: Accelerator):
+    """The --init-from model's tokenizer, the one at `args.tokenizer`, or a fresh BPE trained on the
+    train split (kept on resume)."""
+    if args.model.init_from is not None:
+        if args.train_tokenizer_vocab is not None:
+            raise ValueError("--train-tokenizer-vocab contradicts --init-from: the model comes with its tokenizer")
+        return AutoTokenizer.from_pretrained(args.model.init_from)
+    if args.train_tokenizer_vocab is None:
+        if not os.path.isdir(args.tokenizer):
+            raise FileNotFoundError(
+                f"tokenizer path {args.tokenizer!r} does not exist; give --tokenizer DIR or --train-tokenizer-vocab N"
+            )
+        return AutoTokenizer.from_pretrained(args.tokenizer)
+    saved = os.path.join(args.output_dir, "tokenizer.json")
+    with accelerator.main_process_first():
+        if os.path.isfile(saved) and (args.resume or not accelerator.is_main_process):
+            return AutoTokenizer.from_pretrained(args.output_dir)
+        from .tokenizer import build_bpe_tokenizer
+
+        tokenizer = build_bpe_tokenizer(train_texts, vocab_size=args.train_tokenizer_vocab, show_progress=False)
+        tokenizer.save_pretrained(args.output_dir)
+        return tokenizer
+
+
+def make_optimizer(model, args: TrainArgs) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (linear and embedding weights) only, not on norms (nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2))
+
+
+def initial_model(args: TrainArgs, config: HfAttnConfig) -> HfAttnForCausalLM:
+    """A freshly initialised model, or the --init-from model's weights (in float32, for training)."""
+    if args.model.init_from is None:
+        return HfAttnForCausalLM(config)
+    weights = os.path.join(args.model.init_from, "model.safetensors")
+    if os.path.isfile(weights):
+        check_safetensors(weights)
+    return HfAttnForCausalLM.from_pretrained(args.model.init_from, config=config, dtype=torch.float32)
+
+
+def total_steps(args: TrainArgs, tokens_per_step: int) -> int:
+    """--max-steps, or the steps that --max-tokens needs (the smaller if both), else 1000."""
+    if args.max_tokens is None:
+        return args.max_steps if args.max_steps is not None else 1000
+    by_tokens = math.ceil(args.max_tokens / tokens_per_step)
+    return by_tokens if args.max_steps is None else min(args.max_steps, by_tokens)
+
+
+def setup(args: TrainArgs) -> Run:
+    """Everything before the first step: output dir, data, tokenizer, model, optimizer, schedule."""
+    start = time.perf_counter()
+    accelerator = make_accelerator(args)
+    resume_from = prepare_run_dir(args, accelerator)
+    splits = load_text_splits(args.corpus)
+    tokenizer = load_tokenizer(args, splits["train"]["text"], accelerator)
+    config = build_config(args.model, tokenizer, args.block_size)
+    data = pack_splits(splits, tokenizer, args.block_size)
+
+    set_seed(args.seed)
+    model = initial_model(args, config)
+    optimizer = make_optimizer(model, args)
+    tokens_per_step = args.batch_size * args.grad_accum * accelerator.num_processes * args.block_size
+    max_steps = total_steps(args, tokens_per_step)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, min(args.warmup_steps, max_steps), max_steps, min_lr_rate=args.min_lr_ratio
+    )
+    train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    val_loader = DataLoader(data.validation, batch_size=args.batch_size, shuffle=False)
+    model, optimizer, scheduler, train_loader, val_loader = accelerator.prepare(
+        model, optimizer, scheduler, train_loader, val_loader
+    )
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"the train split has {len(data.train)} blocks: fewer than one batch of {args.batch_size} per process"
+        )
+    eval_batches = args.eval_batches
+    if eval_batches is None:
+        eval_batches = min(len(val_loader), 100)
+    return Run(
+        args,
+        accelerator,
+        tokenizer,
+        config,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        val_loader,
+        data.stats["validation"],
+        max_steps,
+        tokens_per_step,
+        eval_batches,
+        start,
+        resume_from,
+    )
+
+
+def start_or_resume(run: Run) -> RunState:
+    """Load the checkpoint's state (dropping log records written after it), or start the records anew."""
+    records = (run.path("metrics.jsonl"), run.path("train_log.jsonl"))
+    state = RunState()
+    if run.resume_from is not None:
+        run.accelerator.load_state(run.resume_from)
+        state = RunState.load(run.resume_from)
+        if run.is_main:
+            for path in records:
+                write_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= state.step])
+            print(f"resuming from {run.resume_from} (step {state.step})", file=sys.stderr)
+    elif run.is_main:
+        for path in records:
+            if os.path.exists(path):
+                os.remove(path)
+    if run.args.tracker != "none":
+        flat = {k: v for k, v in run.args.record().items() if isinstance(v, (int, float, str, bool))}
+        run.accelerator.init_trackers("hf_attn", config=flat)
+    return state
+
+
+# ---------------------------------------------------------------- the step
+
+
+def micro_batches(run: Run, consumed: int) -> Iterator[torch.Tensor]:
+    """The per-process micro-batch stream from micro-batch `consumed` on, epoch after epoch.
+
+    Data order is a function of (seed, epoch), so a resumed run skips exactly what it consumed.
+    """
+    loader = run.train_loader
+    epoch, skip = divmod(consumed, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        epoch_loader = run.accelerator.skip_first_batches(loader, skip) if skip else loader
+        epoch_loader.set_epoch(epoch)
+        for batch in epoch_loader:
+            yield batch["input_ids"]
+        epoch, skip = epoch + 1, 0
+
+
+def train_step(run: Run, stream: Iterator[torch.Tensor], state: RunState) -> None:
+    """One optimizer step over `grad_accum` micro-batches; updates `state`."""
+    args, accelerator, model = run.args, run.accelerator, run.model
+    step_start = time.perf_counter()
+    step_loss = torch.zeros((), device=accelerator.device)
+    for micro in range(args.grad_accum):
+        input_ids = next(stream)
+        if state.step == 0 and micro == 0:
+            record_first_batch(run, input_ids)
+        with accelerator.accumulate(model):
+            loss = model(input_ids=input_ids, labels=input_ids).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad()
+        step_loss += loss.detach()
+    run.scheduler.step()
+    elapsed = time.perf_counter() - step_start
+    # mean over the step's micro-batches and processes (one scalar all-reduce)
+    loss_value = accelerator.reduce(step_loss, "mean").item() / args.grad_accum
+    state.step += 1
+    state.tokens += run.tokens_per_step
+    state.train_time_s += elapsed
+    for interval in state.intervals.values():
+        interval["losses"].append(loss_value)
+        interval["time"] += elapsed
+
+
+def record_first_batch(run: Run, input_ids: torch.Tensor) -> None:
+    """run_info.json: the world size and a hash of each process's first batch (shows sharding)."""
+    digest = int(hashlib.sha256(input_ids.cpu().numpy().tobytes()).hexdigest()[:12], 16)
+    hashes = run.accelerator.gather(torch.tensor([digest], device=run.accelerator.device))
+    if run.is_main:
+        with open(run.path("run_info.json"), "w") as f:
+            json.dump({"num_processes": run.accelerator.num_processes, "first_batch_hashes": hashes.tolist()}, f)
+
+
+def out_of_time(run: Run) -> bool:
+    """--max-time is spent; every process agrees, so all stop at the same step."""
+    if run.args.max_time is None:
+        return False
+    spent = time.perf_counter() - run.start >= run.args.max_time
+    if run.accelerator.num_processes > 1:
+        flag = torch.tensor(float(spent), device=run.accelerator.device)
+        spent = run.accelerator.reduce(flag).item() > 0
+    return spent
+
+
+# ---------------------------------------------------------------- logging, evaluation, checkpoints
+
+
+def log_interval(run: Run, state: RunState, progress: tqdm) -> None:
+    """train_log.jsonl, the tracker and the progress bar: mean loss and step time since the last log."""
+    interval = state.intervals["log"]
+    n = len(interval["losses"])
+    record = {
+        "step": state.step,
+        "tokens": state.tokens,
+        "train_loss": sum(interval["losses"]) / n,
+        "lr": run.scheduler.get_last_lr()[0],
+        "step_time_s": interval["time"] / n,
+        "elapsed_s": state.train_time_s,
+    }
+    tok_s = run.tokens_per_step * n / interval["time"]
+    progress.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{tok_s:.0f}")
+    run.accelerator.log(
+        {"train/loss": record["train_loss"], "train/lr": record["lr"], "train/step_time_s": record["step_time_s"]},
+        step=state.step,
+    )
+    if run.is_main:
+        append_jsonl(run.path("train_log.jsonl"), record)
+    state.intervals["log"] = _new_interval()
+
+
+def evaluate_interval(run: Run, state: RunState, progress: tqdm) -> None:
+    """metrics.jsonl: validation metrics now, with the train loss and step time since the last evaluation."""
+    mean_loss, _ = evaluate_loss(run.model, run.val_loader, run.accelerator, max_batches=run.eval_batches)
+    metrics = lm_metrics(mean_loss, run.val_stats)
+    interval = state.intervals["eval"]
+    n = len(interval["losses"])  # 0 for --eval-on-start
+    record = {
+        "step": state.step,
+        "tokens": state.tokens,
+        "train_loss": sum(interval["losses"]) / n if n else None,
+        "val_loss": metrics["val_loss"],
+        "perplexity": metrics["perplexity"],
+        "val_bits_per_char": metrics["bits_per_char"],
+        "val_bits_per_byte": metrics["bits_per_byte"],
+        "lr": run.scheduler.get_last_lr()[0],
+        "elapsed_s": state.train_time_s,
+        "step_time_s": interval["time"] / n if n else None,
+    }
+    logged = {f"eval/{k}": v for k, v in record.items() if k not in ("step", "tokens") and v is not None}
+    run.accelerator.log(logged, step=state.step)
+    if run.is_main:
+        append_jsonl(run.path("metrics.jsonl"), record)
+        train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+        progress.write(
+            f"step {state.step}: train {train_loss} val {record['val_loss']:.4f} bpc {record['val_bits_per_char']:.4f}"
+        )
+    state.intervals["eval"] = _new_interval()
+
+
+def save_checkpoint(run: Run, state: RunState) -> None:
+    """`save_state` into checkpoints/tmp-checkpoint-STEP, then rename: a kill mid-save leaves the last one."""
+    accelerator = run.accelerator
+    root = run.path("checkpoints")
+    tmp = os.path.join(root, f"tmp-checkpoint-{state.step}")
+    final = os.path.join(root, f"checkpoint-{state.step}")
+    if run.is_main and os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)  # every process writes its RNG state; the main one the rest
+    accelerator.wait_for_everyone()
+    if run.is_main:
+        state.save(tmp)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        steps = sorted(int(m.group(1)) for n in os.listdir(root) if (m := CHECKPOINT_RE.match(n)))
+        for old in steps[: max(0, len(steps) - run.args.keep_checkpoints)]:
+            shutil.rmtree(os.path.join(root, f"checkpoint-{old}"))
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(args: TrainArgs) -> dict:
+    """Train per `args`, write the run's outputs (see the module docstring) and return its summary."""
+    run = setup(args)
+    state = start_or_resume(run)
+    stream = micro_batches(run, state.step * args.grad_accum)
+    progress = tqdm(total=run.max_steps, initial=state.step, disable=not (run.is_main and args.progress), desc="train")
+    if args.eval_on_start and state.step == 0:
+        evaluate_interval(run, state, progress)
+    run.model.train()
+    while state.step < run.max_steps:
+        train_step(run, stream, state)
+        progress.update(1)
+        last = state.step >= run.max_steps or out_of_time(run)
+        if state.step % args.log_every == 0 or last:
+            log_interval(run, state, progress)
+        if state.step % args.eval_every == 0 or last:
+            evaluate_interval(run, state, progress)
+        if last:
+            break
+        if args.save_every and state.step % args.save_every == 0:
+            save_checkpoint(run, state)
+    progress.close()
+    run.accelerator.wait_for_everyone()
+    return finish(run, state)
+
+
+def finish(run: Run, state: RunState) -> dict:
+    """Save the final model and tokenizer, generate the sample, write report.md and loss.png."""
+    accelerator = run.accelerator
+    unwrapped = accelerator.unwrap_model(run.model)
+    state_dict = accelerator.get_state_dict(run.model)  # a collective under FSDP/DeepSpeed: every process joins
+    summary = summarize(run, state, unwrapped)
+    if run.is_main:
+        unwrapped.save_pretrained(run.args.output_dir, state_dict=state_dict, safe_serialization=True)
+        run.tokenizer.model_max_length = run.config.max_position_embeddings
+        run.tokenizer.save_pretrained(run.args.output_dir)
+        summary["sample"] = generate_sample(unwrapped, run.tokenizer, run.args.sample_prompt, run.args.sample_tokens)
+        plot_losses(run.path("loss.png"), summary["history"], read_jsonl(run.path("train_log.jsonl")))
+    summary["peak_memory_bytes"] = peak_memory_bytes()
+    summary["wall_s"] = time.perf_counter() - run.start
+    if run.is_main:
+        write_report(run.path("report.md"), summary, run.config.to_dict(), run.args.record(), summary["sample"])
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # also tears down the process group
+    return summary
+
+
+def summarize(run: Run, state: RunState, model) -> dict:
+    """The run's summary (see the module docstring), from the final evaluation record."""
+    history = read_jsonl(run.path("metrics.jsonl")) if run.is_main else []
+    final = history[-1] if history else {}
+    return {
+        "model_dir": run.args.output_dir,
+        "params": model.num_parameters(),
+        "kv_cache_elements_per_token": run.config.kv_cache_elements_per_token,
+        "kv_cache_bytes_per_token": 2 * run.config.kv_cache_elements_per_token,
+        "val_loss": final.get("val_loss"),
+        "perplexity": final.get("perplexity"),
+        "val_bits_per_char": final.get("val_bits_per_char"),
+        "val_bits_per_byte": final.get("val_bits_per_byte"),
+        "train_loss": final.get("train_loss"),
+        "train_tokens_per_s": state.tokens / state.train_time_s if state.train_time_s else 0.0,
+        "steps": state.step,
+        "tokens": state.tokens,
+        "num_processes": run.accelerator.num_processes,
+        "sample_prompt": run.args.sample_prompt,
+        "sample": None,
+        "history": history,
+    }
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@torch.no_grad()
+def generate_sample(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Greedy continuation of `prompt`, decoded with the prompt (deterministic, for the report)."""
+    was_training = model.training
+    model.eval()
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
+    if ids.shape[1] == 0:
+        ids = torch.tensor([[tokenizer.eos_token_id]], device=model.device)
+    room = model.config.max_position_embeddings - ids.shape[1]
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max(0, min(max_new_tokens, room)),
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if was_training:
+        model.train()
+    return tokenizer.decode(out[0], skip_special_tokens=False)
