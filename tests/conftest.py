@@ -43,8 +43,8 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torc
 def single_thread():
     """Runs a module's tests on one torch thread, then restores the count.
 
-    Tiny-model ops are too small to gain from intra-op threads, and on a shared 2-core machine the
-    threads spin against other processes: the MLA tests run ~4x faster on one thread. Opt in with
+    Tiny-model ops are too small to gain from intra-op threads, and where other processes hold the
+    cores the threads spin against them (the MLA tests ran ~4x faster on one thread). Opt in with
     `pytestmark = pytest.mark.usefixtures("single_thread")`.
     """
     threads = torch.get_num_threads()
@@ -102,9 +102,8 @@ def padded_batch():
 def check_training_step():
     """Checker: `check_training_step(model, export, ids)` with `export` one of hf_attn's `to_llama` / `to_deepseek_v3`.
 
-    Train mode takes its own code path (fused projections), so this checks, against the exported
-    transformers model with the same weights, that train-mode logits equal eval-mode logits and that
-    the loss and every parameter's gradient match.
+    Checks, against the exported transformers model with the same weights, that train-mode logits
+    equal eval-mode logits and that the loss and every parameter's gradient match.
     """
 
     def check(model, export, ids):

@@ -50,7 +50,7 @@ def test_llama_parity(make_model, padded_batch, attention_type, tie):
 @pytest.mark.parametrize("attention_bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("attention_type", GQA_FAMILY)
 def test_llama_parity_in_training(make_model, padded_batch, check_training_step, attention_type, attention_bias):
-    """Train mode takes its own (fused) code path: loss and every gradient must still match Llama."""
+    """In train mode (dropout, no cache) the loss and every gradient must still match Llama."""
     model = make_model(attention_type, attention_bias=attention_bias)
     ids, _ = padded_batch((12, 12))
     check_training_step(model, to_llama, ids)

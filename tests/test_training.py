@@ -22,7 +22,7 @@ from hf_attn.train import CorpusSpec, ModelOptions, TrainArgs, train
 from hf_attn.train.loop import latest_checkpoint
 from hf_attn.utils import read_jsonl
 
-# In-process runs on one torch thread: on the 2 shared cores, two threads were 8x slower here.
+# In-process runs on one torch thread: tiny models gain nothing from more, and lose much when cores are shared.
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "tiny_loss.json"

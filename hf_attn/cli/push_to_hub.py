@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..tools.hub import HubOptions, push_to_hub
+from ..tools.hub import HubOptions
 from .base import command, parse
 
 
@@ -30,19 +30,7 @@ def main(argv=None) -> None:
     options, hub = parse([PushOptions, HubOptions], argv, description=__doc__, positional="model_dir")
     if options.model_dir is None:
         raise ValueError("give the run folder to share (MODEL_DIR)")
-    if not hub.repo_id:
-        raise ValueError("--repo-id is required (USER/NAME or ORG/NAME)")
-    where = push_to_hub(
-        options.model_dir,
-        hub.repo_id,
-        private=hub.private,
-        revision=hub.revision,
-        dry_run_dir=options.dry_run,
-        token=hub.token,
-        license=hub.license,
-        datasets=hub.card_datasets,
-        training_data=hub.training_data,
-    )
+    where = hub.push(options.model_dir, dry_run_dir=options.dry_run)
     print(f"Staged the upload in {where} (nothing uploaded)" if options.dry_run else f"Uploaded to {where}")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..tools.hub import HubOptions, push_to_hub
+from ..tools.hub import HubOptions
 from ..train.data import CorpusSpec
 from ..train.loop import train
 from ..train.options import ModelOptions, TrainArgs, TrainOptions
@@ -53,16 +53,7 @@ def main(argv=None) -> None:
         return
     print(json.dumps({k: result[k] for k in SUMMARY_KEYS}, indent=2))
     if push.push_to_hub:
-        url = push_to_hub(
-            result["model_dir"],
-            hub.repo_id,
-            private=hub.private,
-            revision=hub.revision,
-            token=hub.token,
-            license=hub.license,
-            datasets=hub.card_datasets,
-            training_data=hub.training_data,
-        )
+        url = hub.push(result["model_dir"])
         print(f"Uploaded to {url}")
 
 

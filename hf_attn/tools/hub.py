@@ -81,6 +81,22 @@ class HubOptions:
         default=None, metadata={"help": "free-text description of the training data for the card"}
     )
 
+    def push(self, model_dir: str | Path, dry_run_dir: str | Path | None = None) -> str:
+        """`push_to_hub(model_dir, ...)` with these options; the repo URL, or the dry-run folder."""
+        if not self.repo_id:
+            raise HubError("--repo-id is required (USER/NAME or ORG/NAME)")
+        return push_to_hub(
+            model_dir,
+            self.repo_id,
+            private=self.private,
+            revision=self.revision,
+            dry_run_dir=dry_run_dir,
+            token=self.token,
+            license=self.license,
+            datasets=self.card_datasets,
+            training_data=self.training_data,
+        )
+
 
 class HubError(HfAttnError):
     """A run folder cannot be shared, or the Hub refused or could not be reached; the message says why."""
@@ -204,8 +220,6 @@ def build_model_card(
     """
     d = Path(model_dir)
     config = HfAttnConfig.from_pretrained(str(d))
-    params, dtype, nbytes = weight_stats(d)
-    metrics = read_jsonl(d / "metrics.jsonl")
     run_args = json.loads((d / "train_args.json").read_text()) if (d / "train_args.json").is_file() else {}
     corpus = run_args.get("corpus") or {}
     if datasets is None and corpus.get("dataset") and not os.path.exists(str(corpus["dataset"])):
@@ -222,59 +236,68 @@ def build_model_card(
         tags=["hf_attn", attn, f"attention-{attn}", "custom_code", "causal-lm"],
         model_name=repo_id.split("/")[-1],
     )
-    kv_elems = config.kv_cache_elements_per_token
-    kv_bytes = kv_elems * nbytes
-    ctx = config.max_position_embeddings
-    if attn == "mla":
-        kv_formula = (
-            f"(kv_lora_rank {config.kv_lora_rank} + qk_rope_head_dim {config.qk_rope_head_dim}) "
-            f"x {config.num_hidden_layers} layers"
-        )
-    else:
-        kv_formula = (
-            f"2 x {config.num_key_value_heads} K/V heads x head_dim {config.head_dim} "
-            f"x {config.num_hidden_layers} layers"
-        )
-
     parts = [
         f"# {repo_id.split('/')[-1]}\n",
         f"A decoder-only language model built with hf_attn, with **{attn.upper()}** attention, "
         "trained from scratch. The modeling code ships with the weights, so it loads with "
         "`trust_remote_code=True` and no extra package.\n",
+        *_architecture_section(config, *weight_stats(d)),
+        "## Training data\n",
+        training_data + "\n",
+        *_results_section(read_jsonl(d / "metrics.jsonl")),
+    ]
+    if (d / "loss.png").is_file():
+        parts.append("![Training and validation loss](loss.png)\n")
+    parts += _usage_section(repo_id)
+    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(parts)
+    return ModelCard(content)
+
+
+def _architecture_section(config: HfAttnConfig, params: int, dtype: str, nbytes: int) -> list[str]:
+    kv_elems = config.kv_cache_elements_per_token
+    kv_bytes = kv_elems * nbytes
+    ctx = config.max_position_embeddings
+    layers = config.num_hidden_layers
+    if config.attention_type == "mla":
+        kv_formula = f"(kv_lora_rank {config.kv_lora_rank} + qk_rope_head_dim {config.qk_rope_head_dim}) x {layers}"
+    else:
+        kv_formula = f"2 x {config.num_key_value_heads} K/V heads x head_dim {config.head_dim} x {layers}"
+    return [
         "## Architecture\n",
         "| | |\n|---|---|",
-        f"| attention type | `{attn}` |",
+        f"| attention type | `{config.attention_type}` |",
         f"| parameters | {params:,} ({dtype}) |",
-        f"| layers x hidden size | {config.num_hidden_layers} x {config.hidden_size} |",
+        f"| layers x hidden size | {layers} x {config.hidden_size} |",
         f"| attention heads / K/V heads | {config.num_attention_heads} / {config.num_key_value_heads} |",
         f"| head dim | {config.head_dim} |",
         f"| MLP (SwiGLU) size | {config.intermediate_size} |",
         f"| vocabulary | {config.vocab_size:,} |",
         f"| context length | {ctx:,} |",
-        f"| KV cache per token | {kv_elems:,} elements = {kv_formula}; {format_bytes(kv_bytes)} in {dtype} |",
+        f"| KV cache per token | {kv_elems:,} elements = {kv_formula} layers; {format_bytes(kv_bytes)} in {dtype} |",
         f"| KV cache at full context | {format_bytes(kv_bytes * ctx)} per sequence ({ctx:,} tokens) |",
         "",
-        "## Training data\n",
-        training_data + "\n",
     ]
-    parts += ["## Results\n"]
-    if metrics:
-        final = metrics[-1]
-        parts.append(
-            "Final evaluation"
-            + (f" at step {final['step']:,}" if "step" in final else "")
-            + (f" ({final['tokens']:,} training tokens)" if "tokens" in final else "")
-            + ":\n"
-        )
-        for key in ("val_loss", "val_bits_per_char", "val_bits_per_byte", "perplexity", "train_loss"):
-            if final.get(key) is not None:
-                parts.append(f"- **{key}**: {_fmt_value(final[key])}")
-        parts += ["", _metrics_table(metrics), ""]
-    else:
-        parts.append("The run folder had no metrics.jsonl.\n")
-    if (d / "loss.png").is_file():
-        parts.append("![Training and validation loss](loss.png)\n")
-    parts += [
+
+
+def _results_section(metrics: list[dict]) -> list[str]:
+    if not metrics:
+        return ["## Results\n", "The run folder had no metrics.jsonl.\n"]
+    final = metrics[-1]
+    lines = [
+        "## Results\n",
+        "Final evaluation"
+        + (f" at step {final['step']:,}" if "step" in final else "")
+        + (f" ({final['tokens']:,} training tokens)" if "tokens" in final else "")
+        + ":\n",
+    ]
+    for key in ("val_loss", "val_bits_per_char", "val_bits_per_byte", "perplexity", "train_loss"):
+        if final.get(key) is not None:
+            lines.append(f"- **{key}**: {_fmt_value(final[key])}")
+    return [*lines, "", _metrics_table(metrics), ""]
+
+
+def _usage_section(repo_id: str) -> list[str]:
+    return [
         "## Usage\n",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
@@ -289,8 +312,6 @@ def build_model_card(
         'print(generator("In the beginning", max_new_tokens=40, do_sample=True, top_k=50)[0]["generated_text"])',
         "```\n",
     ]
-    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(parts)
-    return ModelCard(content)
 
 
 def _describe_training_data(run_args: dict) -> str:
