@@ -2,12 +2,31 @@
 
 hf_attn uses the same parameter names as those classes, so an export is a config translation plus
 a strict `load_state_dict`: any naming or shape drift fails loudly instead of loading half a model.
+`export_folder` writes the result as a plain transformers folder (weights, config, tokenizer) that
+loads without hf_attn; GGUF files for llama.cpp are written by `hf_attn.tools.gguf`.
 """
 
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, LlamaConfig, LlamaForCausalLM
+import os
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
+from ..utils import HfAttnError
+
+# --format of `hf-attn-export` -> the attention types it takes, and what to use for the others.
+FOLDER_FORMATS = {
+    "llama": (("mha", "gqa", "mqa"), "MLA models export with --format deepseek_v3 or gguf"),
+    "deepseek_v3": (("mla",), "MHA/GQA/MQA models export with --format llama or gguf"),
+}
 
 _SHARED_FIELDS = (
     "vocab_size",
@@ -78,3 +97,35 @@ def to_llama(model: HfAttnForCausalLM) -> LlamaForCausalLM:
 def to_deepseek_v3(model: HfAttnForCausalLM) -> DeepseekV3ForCausalLM:
     """A `DeepseekV3ForCausalLM` carrying an MLA `model`'s weights."""
     return _export(model, DeepseekV3ForCausalLM, deepseek_v3_config(model.config))
+
+
+def load_for_export(model_dir: str) -> tuple[HfAttnForCausalLM, object]:
+    """A saved hf_attn model folder's model (float32, eval) and tokenizer; other checkpoints are refused."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(2, "no such model folder", model_dir)
+    model_type = AutoConfig.from_pretrained(model_dir).model_type
+    if model_type != HfAttnConfig.model_type:
+        raise HfAttnError(f"{model_dir}: model_type {model_type!r} is not an hf_attn checkpoint")
+    model = HfAttnForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def export_folder(model_dir: str, out_dir: str, format: str) -> str:
+    """Write `model_dir` as a plain transformers folder of `format` ("llama" or "deepseek_v3") plus its tokenizer.
+
+    The result loads with `AutoModelForCausalLM.from_pretrained(out_dir)` where hf_attn is not
+    installed. An attention type the format cannot hold is refused before anything is written.
+    """
+    if format not in FOLDER_FORMATS:
+        raise ValueError(f"format must be one of {sorted(FOLDER_FORMATS)}, got {format!r}")
+    model, tokenizer = load_for_export(model_dir)
+    types, instead = FOLDER_FORMATS[format]
+    if model.config.attention_type not in types:
+        raise HfAttnError(
+            f"--format {format} holds attention types {', '.join(types)}, not "
+            f"{model.config.attention_type!r}: {instead}"
+        )
+    target = to_llama(model) if format == "llama" else to_deepseek_v3(model)
+    target.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
