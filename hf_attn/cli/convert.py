@@ -1,0 +1,32 @@
+"""Convert an MHA/GQA/MQA model (an hf_attn folder, or a LlamaForCausalLM folder or Hub id) to DeepSeek MLA.
+
+    hf-attn-convert runs/compare/mha/model --kv-lora-rank 112 --rope-dim 16 --output-dir runs/mha-to-mla
+    hf-attn-convert meta-llama/Llama-3.2-1B --kv-lora-rank 448 --rope-dim 64 --output-dir llama-mla
+    hf-attn-convert runs/mqa --kv-lora-rank 32 --rope-dim 32 --latent-norm bypass --calibration-tokens 0 ...
+
+The output is an ordinary hf_attn MLA folder (weights, config, modeling code, tokenizer, and
+conversion.json with the choices made); fine-tune it with `hf-attn-train --init-from OUT_DIR`.
+Calibration text comes from the data options (default: the offline default corpus's train split).
+The method is described in `hf_attn/tools/convert.py`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..tools.convert import ConvertOptions, convert_folder
+from ..train.data import CorpusSpec
+from .base import command, parse
+
+
+@command
+def main(argv=None) -> None:
+    options, corpus = parse([ConvertOptions, CorpusSpec], argv, description=__doc__, positional="source")
+    record = convert_folder(options, corpus)
+    print(json.dumps({k: record[k] for k in ("source", "rope_stride", "source_kv_cache_elements_per_token",
+                                             "kv_cache_elements_per_token", "attention_errors")}, indent=2))
+    print(f"wrote {options.output_dir}")
+
+
+if __name__ == "__main__":
+    main()
