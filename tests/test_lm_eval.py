@@ -83,3 +83,16 @@ def test_harness_bits_per_byte_match_rolling_evaluation(trained_dir):
     assert packed["mode"] == "packed" and packed["bits_per_byte"] != pytest.approx(theirs, rel=1e-3)
     print(f"bits per byte: harness {theirs:.6f}, rolling {ours['bits_per_byte']:.6f}, "
           f"packed {packed['bits_per_byte']:.6f}; val loss {ours['val_loss']:.3f} nats, {ours['eval_tokens']} tokens")
+
+
+def test_task_documents_from_local_files_or_a_corpus_split(tmp_path):
+    from hf_attn.integrations.harness import hf_attn_rolling
+    from hf_attn.train.data import load_text_splits
+
+    (tmp_path / "a.txt").write_text("first line\nsecond line\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    docs = hf_attn_rolling.load_docs(eval_files=[str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")])
+    assert docs["validation"]["text"] == ["first line\nsecond line\n", "one", "two"]
+    # the harness passes --model_args along with --metadata; only CorpusSpec's fields are used
+    split = hf_attn_rolling.load_docs(pretrained="runs/x", max_length=32, max_chars=40_000, val_fraction=0.3)
+    assert split["validation"]["text"] == load_text_splits(CORPUS)["validation"]["text"]
