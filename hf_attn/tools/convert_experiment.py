@@ -21,12 +21,13 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
+from ..model.configuration_hf_attn import HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
 from ..train.data import CorpusSpec, build_lm_data
 from ..train.evaluation import evaluate_loss, lm_metrics
 from ..train.loop import train
 from ..train.options import ModelOptions, TrainArgs, TrainOptions, format_overrides
-from ..utils import environment, markdown_table, prepare_output_dir
+from ..utils import environment, markdown_table, prepare_output_dir, read_jsonl
 from .compare import DEFAULTS, VARIANTS, CompareArgs, measure_kv_cache, variant_model
 from .convert import calibration_ids, check_request, convert_to_mla, rope_stride_of
 
@@ -111,26 +112,43 @@ def cache_bytes_per_token(model) -> float:
 
 
 def source_model(setting: Setting, name: str) -> str:
-    """The comparison's trained `name` model folder, trained here with its settings if absent."""
+    """The comparison's trained `name` model folder, trained here with its settings if absent.
+
+    A comparison folder counts once its run has finished (report.md is written after the weights).
+    """
     given = os.path.join(setting.options.compare_dir, name, "model")
-    if not setting.options.quick and os.path.isfile(os.path.join(given, "model.safetensors")):
+    if not setting.options.quick and os.path.isfile(os.path.join(given, "report.md")):
         return given
     out = os.path.join(setting.options.output_dir, "sources", name)
-    print(f"training source {name} -> {out}", file=sys.stderr, flush=True)
     args = dataclasses.replace(setting.base, output_dir=out, model=variant_model(setting.compare, VARIANTS[name]))
-    train(args)
+    if not finished(args):
+        print(f"training source {name} -> {out}", file=sys.stderr, flush=True)
+        train(args)
     return out
 
 
+def finished(args: TrainArgs) -> bool:
+    """Whether `args.output_dir` holds a finished run of exactly `args` (report.md is its last file)."""
+    record = os.path.join(args.output_dir, "train_args.json")
+    if not os.path.isfile(os.path.join(args.output_dir, "report.md")) or not os.path.isfile(record):
+        return False
+    with open(record) as f:
+        return json.load(f) == json.loads(json.dumps(args.record()))
+
+
 def finetune(setting: Setting, out: str, tokens: int, model: ModelOptions, lr: float) -> dict:
-    """Train `model` on the first `tokens` tokens of the comparison's data order; returns the final record."""
+    """Train `model` on the first `tokens` tokens of the comparison's data order; returns the final record.
+
+    A finished run of the same arguments in `out` is read back instead (the experiment resumes).
+    """
     steps = max(1, tokens // (setting.base.batch_size * setting.base.block_size))
     args = dataclasses.replace(setting.base, output_dir=out, model=model, max_tokens=tokens, lr=lr,
                                warmup_steps=max(1, steps // 10), eval_every=10**9)
-    start = time.perf_counter()
-    result = train(args)
-    return {"bits_per_char": result["val_bits_per_char"], "tokens": result["tokens"], "steps": result["steps"],
-            "wall_s": time.perf_counter() - start}
+    if not finished(args):
+        train(args)
+    final = read_jsonl(os.path.join(out, "metrics.jsonl"))[-1]
+    return {"bits_per_char": final["val_bits_per_char"], "tokens": final["tokens"], "steps": final["step"],
+            "train_s": final["elapsed_s"]}
 
 
 def mla_shape(config) -> dict:
@@ -185,14 +203,35 @@ def control(setting: Setting, shape: dict, share: float, source_tokens: int) -> 
 # ---------------------------------------------------------------- the experiment
 
 
+def planned_shapes(setting: Setting) -> dict[float, dict]:
+    """The MLA shape of each cache fraction (the same for every source: one trunk)."""
+    config = variant_model(setting.compare, VARIANTS["mha"])
+    trunk = HfAttnConfig.from_preset(config.preset or "small")
+    rope_dim = QUICK["rope_dim"] if setting.options.quick else setting.options.rope_dim
+    d = trunk.head_dim
+    return {f: {"kv_lora_rank": round(f * 2 * trunk.num_attention_heads * d) - rope_dim, "qk_rope_head_dim": rope_dim,
+                "qk_nope_head_dim": d, "v_head_dim": d, "head_dim": d,
+                "max_position_embeddings": max(setting.base.block_size, setting.compare.decode_context
+                                               + setting.compare.decode_steps + 1)}
+            for f in setting.options.cache_fractions}
+
+
 def run_experiment(options: ExperimentOptions) -> dict:
-    """Everything: sources, conversions, fine-tunes, controls; writes results.json, report.md and the plot."""
+    """Everything: controls, sources, conversions, fine-tunes; writes results.json, report.md and the plot.
+
+    The controls run first: they need no source, and meanwhile a comparison run may finish its models.
+    Runs already finished in `output_dir` with the same arguments are reused, so a stopped experiment
+    continues where it stopped when started again.
+    """
     start = time.perf_counter()
-    prepare_output_dir(options.output_dir, MARKER, overwrite=True)
+    prepare_output_dir(options.output_dir, MARKER, overwrite=False, keep=True)  # finished runs are reused
     with open(os.path.join(options.output_dir, MARKER), "w") as f:
         json.dump(dataclasses.asdict(options), f, indent=2)
     setting = make_setting(options)
     source_tokens = setting.base.max_tokens
+    controls = [{"shape": shape, **{f"{share:g}": control(setting, shape, share, source_tokens)
+                                    for share in options.finetune_fractions}}
+                for shape in planned_shapes(setting).values()]
     sources, conversions = [], []
     for name in options.sources:
         source_dir = source_model(setting, name)
@@ -201,18 +240,10 @@ def run_experiment(options: ExperimentOptions) -> dict:
                         "kv_cache_bytes_per_token": cache_bytes_per_token(source), "tokens": source_tokens})
         for fraction in options.cache_fractions:
             conversions.append(convert_one(setting, name, source_dir, fraction, source_tokens))
-    controls = {}
-    for record in conversions:
-        shape = record.get("shape")
-        key = json.dumps(shape, sort_keys=True)
-        if shape is None or key in controls:
-            continue
-        controls[key] = {"shape": shape, **{f"{share:g}": control(setting, shape, share, source_tokens)
-                                            for share in options.finetune_fractions}}
-    results = {"sources": sources, "conversions": conversions, "controls": list(controls.values()),
-               "options": dataclasses.asdict(options), "environment": environment(),
-               "wall_s": time.perf_counter() - start}
-    write_outputs(options, results)
+            results = {"sources": sources, "conversions": conversions, "controls": controls,
+                       "options": dataclasses.asdict(options), "environment": environment(),
+                       "wall_s": time.perf_counter() - start}
+            write_outputs(options, results)  # after every conversion, so a stopped run still reports
     return results
 
 
