@@ -112,14 +112,19 @@ def gguf_files(models, trained, tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(gguf_files):
-    """Lazily loaded llama.cpp models: `loaded(type, which, dtype)` -> (Llama, KV sizes), f32 cache, all logits."""
+    """Lazily loaded llama.cpp models: `loaded(type, which, dtype, flash_attn)` -> (Llama, KV sizes).
+
+    f32 cache, all logits kept; flash attention off (llama-cpp-python's default) unless asked.
+    """
     cache = {}
 
-    def load(attention_type, which="random", dtype="f32"):
+    def load(attention_type, which="random", dtype="f32", flash_attn=False):
         key = (which, attention_type, dtype)
-        if key not in cache:
-            cache[key] = load_llama_cpp(gguf_files[key], n_ctx=N_CTX, n_threads=1, kv_dtype="f32", logits_all=True)
-        return cache[key]
+        if (key, flash_attn) not in cache:
+            cache[key, flash_attn] = load_llama_cpp(
+                gguf_files[key], n_ctx=N_CTX, n_threads=1, kv_dtype="f32", logits_all=True, flash_attn=flash_attn
+            )
+        return cache[key, flash_attn]
 
     yield load
     for llm, _ in cache.values():
@@ -157,10 +162,11 @@ def test_tokenization_matches_autotokenizer(loaded, tokenizer, attention_type):
 
 
 @needs_llama_cpp
-@pytest.mark.parametrize("which", ["random", "trained"])
+@pytest.mark.parametrize("which, flash_attn", [("random", False), ("random", True), ("trained", False)])
 @pytest.mark.parametrize("attention_type", TYPES)
-def test_greedy_tokens_match_transformers(loaded, models, trained, tokenizer, attention_type, which):
-    llm, _ = loaded(attention_type, which)
+def test_greedy_tokens_match_transformers(loaded, models, trained, tokenizer, attention_type, which, flash_attn):
+    """Flash attention on is what llama-cli and llama-server run by default on the CPU."""
+    llm, _ = loaded(attention_type, which, flash_attn=flash_attn)
     model = (models if which == "random" else trained)[attention_type]
     for prompt in PROMPTS:
         expected, gap = transformers_greedy(model, tokenizer, prompt)
@@ -183,14 +189,53 @@ def test_logits_match_transformers(loaded, models, tokenizer, attention_type):
 
 
 @needs_llama_cpp
+@pytest.mark.parametrize(
+    "attention_type, variant",
+    [("mha", dict(attention_bias=True)), ("gqa", dict(tie_word_embeddings=True)), ("mla", dict(q_lora_rank=32))],
+)
+def test_variants_match_transformers(tokenizer, tmp_path, attention_type, variant):
+    """Attention biases (llama), tied embeddings, MLA with query compression: logits as transformers'."""
+    model = randomize_(HfAttnForCausalLM(tiny_config(attention_type, tokenizer, **variant)), seed=SEED).eval()
+    llm, _ = load_llama_cpp(export_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer), n_ctx=256, n_threads=1,
+                            kv_dtype="f32", logits_all=True)  # fmt: skip
+    ids = tokenizer(" ".join(PROMPTS)).input_ids
+    llm.eval(ids)
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(torch.from_numpy(np.array(llm.scores[: len(ids)])), expected, atol=LOGITS_ATOL, rtol=0)
+    llm.close()
+
+
+@needs_llama_cpp
+def test_mla_converted_from_a_llama_checkpoint_exports_the_same_way(tokenizer, tmp_path):
+    """A LlamaForCausalLM turned into MLA by `convert_to_mla` runs in llama.cpp as transformers runs it."""
+    from hf_attn.tools.convert import convert_to_mla
+
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
+    ))  # fmt: skip
+    model = convert_to_mla(randomize_(llama, seed=SEED), kv_lora_rank=32, qk_rope_head_dim=4)
+    llm, _ = load_llama_cpp(export_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer), n_ctx=256, n_threads=1,
+                            kv_dtype="f32", logits_all=True)  # fmt: skip
+    for prompt in PROMPTS:
+        expected, gap = transformers_greedy(model, tokenizer, prompt)
+        assert gap > 2 * LOGITS_ATOL, f"near-tie in transformers' greedy path ({gap:.2e}): the test cannot decide"
+        assert llama_cpp_greedy(llm, tokenizer(prompt).input_ids, NEW_TOKENS) == expected, prompt
+    llm.close()
+
+
+@needs_llama_cpp
 def test_mla_caches_only_the_latent(loaded, models):
     """llama.cpp's KV buffer: MLA holds kv_lora_rank + qk_rope_head_dim per token and layer, and no V."""
     mla, mha = models["mla"].config, models["mha"].config
     _, mla_kv = loaded("mla")
     _, mha_kv = loaded("mha")
-    f32 = 4
-    mla_formula = N_CTX * mla.num_hidden_layers * (mla.kv_lora_rank + mla.qk_rope_head_dim) * f32
-    mha_formula = N_CTX * mha.num_hidden_layers * mha.num_key_value_heads * mha.head_dim * f32
+    assert loaded("mla", flash_attn=True)[1] == mla_kv
+    f32, cells = 4, mla_kv["cells"]
+    assert cells == mha_kv["cells"] >= N_CTX
+    mla_formula = cells * mla.num_hidden_layers * (mla.kv_lora_rank + mla.qk_rope_head_dim) * f32
+    mha_formula = cells * mha.num_hidden_layers * mha.num_key_value_heads * mha.head_dim * f32
     assert mla_kv["k_bytes"] == pytest.approx(mla_formula, rel=0.01)
     assert mla_kv["v_bytes"] == 0
     assert mha_kv["k_bytes"] == pytest.approx(mha_formula, rel=0.01) == mha_kv["v_bytes"]

@@ -38,7 +38,7 @@ from .export import load_for_export
 
 DTYPES = ("f32", "f16", "q8_0")
 # Only key/value-cache sizes are read from llama.cpp's log; see `load_llama_cpp`.
-_KV_LOG = re.compile(r"K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB")
+_KV_LOG = re.compile(r"\(\s*(\d+) cells,.*?K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB")
 
 
 # ---------------------------------------------------------------- the export
@@ -63,7 +63,7 @@ def export_gguf(model: HfAttnForCausalLM | str | os.PathLike, out_path, dtype: s
 
     writer = gguf.GGUFWriter(tmp_path, arch)
     writer.add_name(Path(str(config.name_or_path or "hf_attn")).name or "hf_attn")
-    writer.add_file_type(_FILE_TYPES[dtype](gguf))
+    writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[dtype]])
     _write_hparams(writer, config)
     _write_tokenizer(writer, tokenizer, config.vocab_size)
     names = gguf.get_tensor_name_map(
@@ -74,19 +74,19 @@ def export_gguf(model: HfAttnForCausalLM | str | os.PathLike, out_path, dtype: s
         if name is None:
             raise HfAttnError(f"no llama.cpp tensor name for {hf_name!r}")
         _add_tensor(writer, name, tensor, dtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp_path, out_path)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp_path, out_path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
     return out_path
 
 
-_FILE_TYPES = {
-    "f32": lambda gguf: gguf.LlamaFileType.ALL_F32,
-    "f16": lambda gguf: gguf.LlamaFileType.MOSTLY_F16,
-    "q8_0": lambda gguf: gguf.LlamaFileType.MOSTLY_Q8_0,
-}
+_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}  # names in gguf.LlamaFileType
 
 
 def _load(model, tokenizer):
@@ -303,12 +303,18 @@ def _add_tensor(writer, name: str, tensor: torch.Tensor, dtype: str) -> None:
 # ---------------------------------------------------------------- running the file in llama.cpp
 
 
-def load_llama_cpp(path, n_ctx: int, n_threads: int | None = None, kv_dtype: str = "f16", logits_all: bool = False):
+def load_llama_cpp(
+    path, n_ctx: int, n_threads: int | None = None, kv_dtype: str = "f16", logits_all: bool = False,
+    flash_attn: bool = False,
+):  # fmt: skip
     """Load a GGUF file with llama-cpp-python; returns the `Llama` and llama.cpp's KV cache sizes in bytes.
 
-    The sizes come from llama.cpp's own log line ("K (f16): ... MiB, V (f16): ... MiB"), read
-    through a log callback for the duration of the load: {"k_bytes", "v_bytes", "k_type", "v_type"}.
-    `kv_dtype` is the cache's element type ("f16", llama.cpp's default, or "f32").
+    The sizes come from llama.cpp's own log line ("(2304 cells, ...) K (f16): ... MiB, V (f16): ...
+    MiB"), read through a log callback for the duration of the load: {"k_bytes", "v_bytes", "k_type",
+    "v_type", "cells"}; the MiB are printed with two decimals.
+    `kv_dtype` is the cache's element type ("f16", llama.cpp's default, or "f32"). `flash_attn`:
+    llama-cpp-python turns flash attention off unless asked; llama-cli and llama-server default to
+    "auto", which turns it on for the CPU.
     """
     import ctypes
 
@@ -331,6 +337,7 @@ def load_llama_cpp(path, n_ctx: int, n_threads: int | None = None, kv_dtype: str
             type_k=ggml_type,
             type_v=ggml_type,
             logits_all=logits_all,
+            flash_attn=flash_attn,
             verbose=False,
         )
     finally:
@@ -338,8 +345,9 @@ def load_llama_cpp(path, n_ctx: int, n_threads: int | None = None, kv_dtype: str
     match = _KV_LOG.search("".join(lines))
     if match is None:
         raise HfAttnError(f"{path}: llama.cpp logged no KV cache size")
-    k_type, k_mib, v_type, v_mib = match.groups()
+    cells, k_type, k_mib, v_type, v_mib = match.groups()
     kv = {"k_bytes": float(k_mib) * 2**20, "v_bytes": float(v_mib) * 2**20, "k_type": k_type, "v_type": v_type}
+    kv["cells"] = int(cells)  # token slots: n_ctx rounded up to llama.cpp's padding
     return llm, kv
 
 
