@@ -44,6 +44,16 @@ _KV_LOG = re.compile(r"\(\s*(\d+) cells,.*?K \((\w+)\):\s*([\d.]+) MiB, V \((\w+
 # ---------------------------------------------------------------- the export
 
 
+def _require(module: str, package: str):
+    """Import an optional dependency, or say which package to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise HfAttnError(f"this needs the {package} package: pip install {package}") from None
+
+
 def export_gguf(model: HfAttnForCausalLM | str | os.PathLike, out_path, dtype: str = "f32", tokenizer=None) -> Path:
     """Write `model` (a saved model folder, or a loaded model plus its `tokenizer`) as one GGUF file.
 
@@ -52,7 +62,7 @@ def export_gguf(model: HfAttnForCausalLM | str | os.PathLike, out_path, dtype: s
     llama.cpp cannot run, before writing. Writes to a temporary file first, so a failed export
     leaves no half-written `out_path`. Returns the path written.
     """
-    import gguf
+    gguf = _require("gguf", "gguf")
 
     model, tokenizer = _load(model, tokenizer)
     check_exportable(model, tokenizer, dtype)
@@ -318,7 +328,7 @@ def load_llama_cpp(
     """
     import ctypes
 
-    import llama_cpp
+    llama_cpp = _require("llama_cpp", "llama-cpp-python")
 
     lines: list[str] = []
 
