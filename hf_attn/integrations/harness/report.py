@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from ...train.data import CorpusSpec
@@ -51,14 +52,15 @@ def harness_report(model_dir: str, out_dir: str, corpus: CorpusSpec | None = Non
         results[mode] = evaluate_model(model_dir, corpus, batch_size=batch_size, rolling=mode == "rolling")
         seconds[mode] = time.perf_counter() - start
     block = results["packed"]["block_size"]
-    command = harness_command(model_dir, corpus, block, batch_size, os.path.join(out_dir, "lm_eval"))
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lm_eval", *command[1:]], check=True)
-    seconds["harness"] = time.perf_counter() - start
-    newest = max(glob.glob(os.path.join(out_dir, "lm_eval", "**", "results_*.json"), recursive=True),
-                 key=os.path.getmtime)  # fmt: skip
-    with open(newest) as f:
-        harness = json.load(f)["results"][TASK_NAME]
+    with tempfile.TemporaryDirectory() as lm_eval_out:  # its raw output names local paths; keep only the numbers
+        command = harness_command(model_dir, corpus, block, batch_size, lm_eval_out)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lm_eval", *command[1:]], check=True)
+        seconds["harness"] = time.perf_counter() - start
+        (results_file,) = glob.glob(os.path.join(lm_eval_out, "**", "results_*.json"), recursive=True)
+        with open(results_file) as f:
+            harness = json.load(f)["results"][TASK_NAME]
+    command = command[: command.index("--output_path")]
     results["harness"] = {"bits_per_byte": harness["bits_per_byte,none"],
                           "word_perplexity": harness["word_perplexity,none"],
                           "byte_perplexity": harness["byte_perplexity,none"]}  # fmt: skip
