@@ -103,6 +103,9 @@ def staged(run_dir, tmp_path_factory):
 
 def test_dry_run_folder_and_card(run_dir, staged):
     assert {p.name for p in staged.iterdir()} == EXPECTED_FILES
+    # the uploaded tokenizer knows the model's context, even from a run saved without it
+    assert json.loads((run_dir / "tokenizer_config.json").read_text()).get("model_max_length", 1e30) > 256
+    assert json.loads((staged / "tokenizer_config.json").read_text())["model_max_length"] == 256
     assert (staged / "model.safetensors").read_bytes() == (run_dir / "model.safetensors").read_bytes()
     assert json.loads((staged / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
         "modeling_hf_attn.HfAttnForCausalLM"

@@ -329,8 +329,9 @@ def test_output_dir_of_another_run_is_refused_unless_overwrite(finished_run, tmp
 def test_overwrite_replaces_a_previous_run(tmp_path):
     out = tmp_path / "run"
     train(tiny_args(out, max_steps=2, eval_every=1, save_every=1))
-    result = train(tiny_args(out, max_steps=3, eval_every=3, save_every=0, overwrite=True))
-    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [3] and result["steps"] == 3
+    result = train(tiny_args(out, max_steps=3, eval_every=0, log_every=0, save_every=0, overwrite=True))
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [3] and result["steps"] == 3  # 0: at the end
+    assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == [3]
     assert not (out / "checkpoints").exists()
 
 

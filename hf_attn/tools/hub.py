@@ -359,8 +359,21 @@ def stage_folder(
     for name in names:
         if (src / name).is_file():
             shutil.copy2(src / name, out / name)
+    _set_model_max_length(out)
     build_model_card(src, repo_id, license, datasets, training_data).save(out / "README.md")
     return sorted(p.name for p in out.iterdir())
+
+
+def _set_model_max_length(folder: Path) -> None:
+    """The uploaded tokenizer's `model_max_length` is the model's context (older runs saved 1e30)."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    context = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    tokenizer_config = json.loads(path.read_text())
+    if tokenizer_config.get("model_max_length", float("inf")) > context:
+        tokenizer_config["model_max_length"] = context
+        path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
 
 def push_to_hub(

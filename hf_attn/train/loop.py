@@ -464,17 +464,22 @@ def train(args: TrainArgs) -> dict:
         train_step(run, stream, state)
         progress.update(1)
         last = state.step >= run.max_steps or out_of_time(run)
-        if state.step % args.log_every == 0 or last:
+        if last or _every(state.step, args.log_every):
             log_interval(run, state, progress)
-        if state.step % args.eval_every == 0 or last:
+        if last or _every(state.step, args.eval_every):
             evaluate_interval(run, state, progress)
         if last:
             break
-        if args.save_every and state.step % args.save_every == 0:
+        if _every(state.step, args.save_every):
             save_checkpoint(run, state)
     progress.close()
     run.accelerator.wait_for_everyone()
     return finish(run, state)
+
+
+def _every(step: int, interval: int) -> bool:
+    """Whether `step` is a multiple of `interval`; an interval of 0 means never (only at the end)."""
+    return interval > 0 and step % interval == 0
 
 
 def finish(run: Run, state: RunState) -> dict:

@@ -92,12 +92,14 @@ class TrainOptions:
     max_time: float | None = field(
         default=None, metadata={"help": "stop after this many seconds from the start (the schedule is unchanged)"}
     )
-    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (and at the end)"})
+    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps and at the end; 0: at the end"})
     eval_on_start: bool = field(default=False, metadata={"help": "also evaluate before the first step (step 0)"})
     eval_batches: int | None = field(
         default=None, metadata={"help": "validation batches per evaluation (default: all if <= 100, else 100)"}
     )
-    log_every: int = field(default=10, metadata={"help": "log the train loss every N steps"})
+    log_every: int = field(
+        default=10, metadata={"help": "log the train loss every N steps and at the end; 0: at the end"}
+    )
     save_every: int = field(default=500, metadata={"help": "checkpoint every N steps; 0: never"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
     tracker: Literal["tensorboard", "none"] = field(default="tensorboard", metadata={"help": "experiment tracker"})
