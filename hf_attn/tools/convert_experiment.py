@@ -278,7 +278,7 @@ def rows(results: dict, shares: list[float]) -> list[list]:
 def headers(shares: list[float]) -> list[str]:
     return ["model", "KV cache B/token", "cache", "bpc zero-shot", "bpc zero-shot (bypass)",
             *[f"bpc fine-tuned {s:.0%}" for s in shares], *[f"control {s:.0%}" for s in shares],
-            "vs source (last column's tuned)"]
+            f"tuned {shares[-1]:.0%} vs source" if shares else "vs source"]
 
 
 def targets(results: dict) -> list[str]:
@@ -332,9 +332,10 @@ def plot(path: str, results: dict, compare_results: list[dict]) -> None:
             ax.plot(x, [r[f"finetuned_{share:g}"]["bits_per_char"] for r in ok], style, color=color,
                     label=f"from {s['source']}, tuned {share:.0%}")
     for share, marker in zip(shares, ("x", "+")):
-        points = sorted((c["shape"]["kv_lora_rank"], c[f"{share:g}"]["bits_per_char"]) for c in results["controls"])
         by_rank = {r["kv_lora_rank"]: r["kv_cache_bytes_per_token"] for r in results["conversions"] if "shape" in r}
-        ax.plot([by_rank[k] for k, _ in points], [v for _, v in points], marker=marker, linestyle="-.", color="k",
+        points = sorted((by_rank[c["shape"]["kv_lora_rank"]], c[f"{share:g}"]["bits_per_char"])
+                        for c in results["controls"] if c["shape"]["kv_lora_rank"] in by_rank)
+        ax.plot([x for x, _ in points], [v for _, v in points], marker=marker, linestyle="-.", color="k",
                 label=f"MLA from scratch on {share:.0%}")
     ax.set_xscale("log")
     ax.set_xlabel("KV-cache bytes per token (float32, all layers, measured; log scale)")
