@@ -342,7 +342,7 @@ def plot(path: str, results: dict, compare_results: list[dict]) -> None:
     ax.set_ylabel("validation bits per character")
     ax.set_title("Converting to MLA: quality against cache size")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -371,7 +371,8 @@ def report_text(results: dict, table: str) -> str:
         "# Converting MHA/GQA models to MLA",
         "",
         "Produced by `python scripts/convert_experiment.py` "
-        f"({results['wall_s'] / 60:.1f} min, torch {env['torch']}, transformers {env['transformers']}, "
+        f"({results['wall_s'] / 60:.1f} min in its last invocation, which reuses the runs an earlier one finished; "
+        f"torch {env['torch']}, transformers {env['transformers']}, "
         f"{env['cpu_count']} CPUs, commit {env['git_commit']}).",
         "",
         "Sources: the default comparison's MHA and GQA models (`hf-attn-compare` settings). Converted with "
