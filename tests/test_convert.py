@@ -26,16 +26,26 @@ from hf_attn.utils import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CORPUS = CorpusSpec(max_chars=100_000)
-TINY = dict(block_size=64, batch_size=8, lr=3e-3, warmup_steps=2, tracker="none", progress=False, sample_tokens=4,
-            save_every=0)
+TINY = dict(
+    block_size=64, batch_size=8, lr=3e-3, warmup_steps=2, tracker="none", progress=False, sample_tokens=4, save_every=0
+)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny GQA model (4 heads, 2 K/V heads, head_dim 16) trained for 40 steps, its folder, and calibration ids."""
     out = tmp_path_factory.mktemp("gqa")
-    train(TrainArgs(output_dir=str(out), model=ModelOptions(preset="tiny", attention_type="gqa"), corpus=CORPUS,
-                    train_tokenizer_vocab=512, max_steps=40, eval_every=40, **TINY))
+    train(
+        TrainArgs(
+            output_dir=str(out),
+            model=ModelOptions(preset="tiny", attention_type="gqa"),
+            corpus=CORPUS,
+            train_tokenizer_vocab=512,
+            max_steps=40,
+            eval_every=40,
+            **TINY,
+        )
+    )
     model, tokenizer = load_source(str(out))
     return model, out, calibration_ids(tokenizer, CORPUS, 512, 64)
 
@@ -127,8 +137,10 @@ def test_a_llama_checkpoint_converts_to_the_same_mla_model(trained, tmp_path):
 
 def test_lower_ranks_reconstruct_no_better(trained):
     model, _, ids = trained
-    errors = [sum(attention_errors(model, convert_to_mla(model, rank, 8, calibration_data=ids), ids[:4]))
-              for rank in (56, 40, 24, 8)]
+    errors = [
+        sum(attention_errors(model, convert_to_mla(model, rank, 8, calibration_data=ids), ids[:4]))
+        for rank in (56, 40, 24, 8)
+    ]
     assert errors == sorted(errors), errors
     assert errors[-1] > 1.5 * errors[0]
 
@@ -144,9 +156,18 @@ def test_init_from_a_converted_model_starts_at_its_weights_and_fine_tunes(traine
     tokenizer.save_pretrained(tmp_path / "mla")
     data = build_lm_data(CORPUS, tokenizer, 64)
     expected, _ = evaluate_loss(converted, DataLoader(data.validation, batch_size=8), max_batches=4)
-    train(TrainArgs(output_dir=str(tmp_path / "tuned"), model=ModelOptions(init_from=str(tmp_path / "mla")),
-                    corpus=CORPUS, max_steps=15, eval_every=15, eval_on_start=True, eval_batches=4,
-                    **{**TINY, "lr": 2e-3}))
+    train(
+        TrainArgs(
+            output_dir=str(tmp_path / "tuned"),
+            model=ModelOptions(init_from=str(tmp_path / "mla")),
+            corpus=CORPUS,
+            max_steps=15,
+            eval_every=15,
+            eval_on_start=True,
+            eval_batches=4,
+            **{**TINY, "lr": 2e-3},
+        )
+    )
     start, end = read_jsonl(tmp_path / "tuned" / "metrics.jsonl")
     assert start["step"] == 0 and start["val_loss"] == pytest.approx(expected, abs=1e-5)
     assert end["val_loss"] < start["val_loss"] - 0.02
@@ -174,8 +195,23 @@ def test_a_converted_model_gives_the_same_logits_as_deepseek_v3(trained, latent_
 
 def test_the_command_line_writes_a_loadable_mla_folder(trained, tmp_path, capsys):
     _, out, _ = trained
-    convert_main([str(out), "--kv-lora-rank", "24", "--rope-dim", "8", "--output-dir", str(tmp_path / "mla"),
-                  "--calibration-tokens", "256", "--calibration-block-size", "64", "--max-chars", "100000"])
+    convert_main(
+        [
+            str(out),
+            "--kv-lora-rank",
+            "24",
+            "--rope-dim",
+            "8",
+            "--output-dir",
+            str(tmp_path / "mla"),
+            "--calibration-tokens",
+            "256",
+            "--calibration-block-size",
+            "64",
+            "--max-chars",
+            "100000",
+        ]
+    )
     record = json.loads((tmp_path / "mla" / "conversion.json").read_text())
     assert record["kv_cache_elements_per_token"] == 64 and record["source_kv_cache_elements_per_token"] == 128
     assert record["calibration_tokens"] == 256 and len(record["attention_errors"]) == 2
@@ -217,8 +253,9 @@ def test_unsupported_sources_are_refused(tmp_path):
 
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(SystemExit) as exit_info:
-        convert_main([str(tmp_path / "gpt2"), "--kv-lora-rank", "8", "--rope-dim", "8", "--output-dir",
-                      str(tmp_path / "out")])
+        convert_main(
+            [str(tmp_path / "gpt2"), "--kv-lora-rank", "8", "--rope-dim", "8", "--output-dir", str(tmp_path / "out")]
+        )
     assert exit_info.value.code == 2
 
 

@@ -81,8 +81,10 @@ def test_harness_bits_per_byte_match_rolling_evaluation(trained_dir):
     assert results["word_perplexity,none"] == pytest.approx(ours["word_perplexity"], rel=1e-4)
     packed = evaluate_main([trained_dir, "--block-size", str(BLOCK), *CORPUS_FLAGS, "--json"])
     assert packed["mode"] == "packed" and packed["bits_per_byte"] != pytest.approx(theirs, rel=1e-3)
-    print(f"bits per byte: harness {theirs:.6f}, rolling {ours['bits_per_byte']:.6f}, "
-          f"packed {packed['bits_per_byte']:.6f}; val loss {ours['val_loss']:.3f} nats, {ours['eval_tokens']} tokens")
+    print(
+        f"bits per byte: harness {theirs:.6f}, rolling {ours['bits_per_byte']:.6f}, "
+        f"packed {packed['bits_per_byte']:.6f}; val loss {ours['val_loss']:.3f} nats, {ours['eval_tokens']} tokens"
+    )
 
 
 def test_task_documents_from_local_files_or_a_corpus_split(tmp_path):

@@ -23,8 +23,21 @@ from .base import command, parse
 def main(argv=None) -> None:
     options, corpus = parse([ConvertOptions, CorpusSpec], argv, description=__doc__, positional="source")
     record = convert_folder(options, corpus)
-    print(json.dumps({k: record[k] for k in ("source", "rope_stride", "source_kv_cache_elements_per_token",
-                                             "kv_cache_elements_per_token", "attention_errors")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: record[k]
+                for k in (
+                    "source",
+                    "rope_stride",
+                    "source_kv_cache_elements_per_token",
+                    "kv_cache_elements_per_token",
+                    "attention_errors",
+                )
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {options.output_dir}")
 
 

@@ -57,9 +57,21 @@ LATENT_NORMS = ("fit", "bypass")
 MARKER = "conversion.json"
 # Fields the MLA model takes unchanged from the source's config: the trunk and the token ids.
 TRUNK_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
-    "max_position_embeddings", "rms_norm_eps", "initializer_range", "tie_word_embeddings", "attention_dropout",
-    "bos_token_id", "eos_token_id", "pad_token_id", "use_cache",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "initializer_range",
+    "tie_word_embeddings",
+    "attention_dropout",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "use_cache",
 )
 # "bypass": the latent's mean square stays below this fraction of the norm's eps (relative error ~ half of it).
 BYPASS_MARGIN = 1e-6
@@ -71,8 +83,9 @@ class ConvertOptions:
 
     _argument_group_name = "conversion"
 
-    source: str | None = field(default=None, metadata={"help": "an hf_attn MHA/GQA/MQA model folder, or a "
-                                                                "LlamaForCausalLM folder or Hub id"})
+    source: str | None = field(
+        default=None, metadata={"help": "an hf_attn MHA/GQA/MQA model folder, or a LlamaForCausalLM folder or Hub id"}
+    )
     kv_lora_rank: int | None = field(default=None, metadata={"help": "latent dims per token and layer"})
     qk_rope_head_dim: int | None = field(
         default=None, metadata={"aliases": ["--rope-dim"], "help": "dims of the shared RoPE key (even, <= head_dim)"}
@@ -81,8 +94,10 @@ class ConvertOptions:
     rope_stride: int | None = field(
         default=None, metadata={"help": "keep RoPE on source pairs 0, s, 2s, ... (default: chosen by 2-norm)"}
     )
-    calibration_tokens: int = field(default=4096, metadata={"help": "train-split tokens whose activations weight "
-                                                                    "the factorization; 0: weights only"})
+    calibration_tokens: int = field(
+        default=4096,
+        metadata={"help": "train-split tokens whose activations weight the factorization; 0: weights only"},
+    )
     calibration_block_size: int = field(default=256, metadata={"help": "tokens per calibration sequence"})
     latent_norm: Literal[LATENT_NORMS] = field(
         default="fit", metadata={"help": "fit: latent RMSNorm approximated, to fine-tune; bypass: exact, not to train"}
@@ -101,8 +116,10 @@ def load_source(name_or_path: str) -> tuple[HfAttnForCausalLM, object | None]:
     elif model_type == "llama":
         model = from_llama(LlamaForCausalLM.from_pretrained(name_or_path, dtype=torch.float32))
     else:
-        raise HfAttnError(f"{name_or_path}: model_type {model_type!r} is not supported; convert_to_mla takes hf_attn "
-                          "MHA/GQA/MQA models and LlamaForCausalLM checkpoints")
+        raise HfAttnError(
+            f"{name_or_path}: model_type {model_type!r} is not supported; convert_to_mla takes hf_attn "
+            "MHA/GQA/MQA models and LlamaForCausalLM checkpoints"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError):
@@ -127,7 +144,9 @@ def from_llama(model: LlamaForCausalLM) -> HfAttnForCausalLM:
     attention_type = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
     fields = {name: getattr(config, name) for name in TRUNK_FIELDS}
     target = HfAttnConfig(
-        **fields, attention_type=attention_type, num_key_value_heads=kv,
+        **fields,
+        attention_type=attention_type,
+        num_key_value_heads=kv,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
         rope_parameters={"rope_type": "default", "rope_theta": rope["rope_theta"]},
     )
@@ -185,14 +204,23 @@ def check_request(config: HfAttnConfig, kv_lora_rank, qk_rope_head_dim, rope_str
         raise HfAttnError("the source has attention biases, which MLA's q_proj and kv_b_proj cannot hold")
     d = config.head_dim
     if not isinstance(qk_rope_head_dim, int) or qk_rope_head_dim < 2 or qk_rope_head_dim % 2:
-        raise ValueError(f"qk_rope_head_dim (--rope-dim) must be a positive even number, got {qk_rope_head_dim!r}: "
-                         "RoPE rotates pairs")
+        raise ValueError(
+            f"qk_rope_head_dim (--rope-dim) must be a positive even number, got {qk_rope_head_dim!r}: "
+            "RoPE rotates pairs"
+        )
     if qk_rope_head_dim > d:
         raise ValueError(f"qk_rope_head_dim (--rope-dim) {qk_rope_head_dim} is larger than the source's head_dim {d}")
     if latent_norm not in LATENT_NORMS:
         raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {latent_norm!r}")
-    plan = Plan(config.num_attention_heads, config.num_key_value_heads, d, config.hidden_size,
-                kv_lora_rank, qk_rope_head_dim, rope_stride)
+    plan = Plan(
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        d,
+        config.hidden_size,
+        kv_lora_rank,
+        qk_rope_head_dim,
+        rope_stride,
+    )
     if not isinstance(kv_lora_rank, int) or kv_lora_rank < 1:
         raise ValueError(f"kv_lora_rank must be a positive integer, got {kv_lora_rank!r}")
     if kv_lora_rank > plan.max_rank:
@@ -202,8 +230,9 @@ def check_request(config: HfAttnConfig, kv_lora_rank, qk_rope_head_dim, rope_str
             f"- rope dim {qk_rope_head_dim}))"
         )
     if rope_stride is not None and not 1 <= rope_stride <= plan.max_stride:
-        raise ValueError(f"rope_stride {rope_stride}: {plan.pairs} pairs of a head_dim-{d} source fit strides "
-                         f"1..{plan.max_stride}")
+        raise ValueError(
+            f"rope_stride {rope_stride}: {plan.pairs} pairs of a head_dim-{d} source fit strides 1..{plan.max_stride}"
+        )
     return plan
 
 
@@ -214,8 +243,10 @@ def check_request(config: HfAttnConfig, kv_lora_rank, qk_rope_head_dim, rope_str
 def attention_inputs(model: HfAttnForCausalLM, input_ids: torch.Tensor, batch_size: int = 8) -> list[torch.Tensor]:
     """Each layer's attention input (after input_layernorm) on `input_ids` (N, T): one (N * T, hidden) per layer."""
     if input_ids.dim() != 2 or input_ids.dtype != torch.long:
-        raise ValueError(f"calibration_data must be a (sequences, tokens) LongTensor, got {input_ids.dtype} "
-                         f"{tuple(input_ids.shape)}")
+        raise ValueError(
+            f"calibration_data must be a (sequences, tokens) LongTensor, got {input_ids.dtype} "
+            f"{tuple(input_ids.shape)}"
+        )
     captured = [[] for _ in model.model.layers]
     hooks = [
         layer.self_attn.register_forward_pre_hook(
@@ -295,8 +326,9 @@ def rope_contributions(q_pairs, k_pairs, u, root, kv_of, theta: float, context: 
 # ---------------------------------------------------------------- step 3 and 4: the latent
 
 
-def latent_factors(w_kv: torch.Tensor, root: torch.Tensor, rank: int, gain: torch.Tensor,
-                   samples: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_factors(
+    w_kv: torch.Tensor, root: torch.Tensor, rank: int, gain: torch.Tensor, samples: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """W_kv (rows, hidden) ~ up @ down, down (rank, hidden), with a latent whose norm varies little per token.
 
     The subspace is the top of an SVD of W_kv Sigma^1/2. Its basis is the one where |latent| is the
@@ -360,12 +392,18 @@ class LayerSource:
         shape = (-1, plan.head_dim, plan.hidden)
         gain = layer.input_layernorm.weight.detach().double().cpu()
         sigma = torch.diag(gain**2) if samples is None else samples.T @ samples / samples.shape[0]
-        return cls(*(getattr(attn, f"{n}_proj").weight.detach().double().cpu().view(shape) for n in "qkv"),
-                   attn.o_proj.weight.detach().cpu(), _sqrtm(sigma), gain, samples)
+        return cls(
+            *(getattr(attn, f"{n}_proj").weight.detach().double().cpu().view(shape) for n in "qkv"),
+            attn.o_proj.weight.detach().cpu(),
+            _sqrtm(sigma),
+            gain,
+            samples,
+        )
 
 
-def convert_layer(src: LayerSource, plan: Plan, stride: int, u: torch.Tensor, latent_norm: str,
-                  eps: float) -> dict[str, torch.Tensor]:
+def convert_layer(
+    src: LayerSource, plan: Plan, stride: int, u: torch.Tensor, latent_norm: str, eps: float
+) -> dict[str, torch.Tensor]:
     """The MLA attention weights of one layer (state-dict names under self_attn)."""
     d, dr, heads, kv_heads = plan.head_dim, plan.rope_dim, plan.heads, plan.kv_heads
     kv_of = torch.arange(heads) // (heads // kv_heads)  # the K/V head each query head reads
@@ -406,14 +444,19 @@ def mla_config(config: HfAttnConfig, plan: Plan, stride: int) -> HfAttnConfig:
     theta = config.rope_parameters["rope_theta"]
     return HfAttnConfig(
         **{name: getattr(config, name) for name in TRUNK_FIELDS},
-        attention_type="mla", head_dim=plan.head_dim, kv_lora_rank=plan.rank, qk_rope_head_dim=plan.rope_dim,
-        qk_nope_head_dim=plan.head_dim, v_head_dim=plan.head_dim,
+        attention_type="mla",
+        head_dim=plan.head_dim,
+        kv_lora_rank=plan.rank,
+        qk_rope_head_dim=plan.rope_dim,
+        qk_nope_head_dim=plan.head_dim,
+        v_head_dim=plan.head_dim,
         rope_parameters={"rope_type": "default", "rope_theta": theta ** (stride * plan.rope_dim / plan.head_dim)},
     )
 
 
-def choose_stride(sources: list[LayerSource], directions: list[torch.Tensor], plan: Plan, theta: float,
-                  context: int) -> int:
+def choose_stride(
+    sources: list[LayerSource], directions: list[torch.Tensor], plan: Plan, theta: float, context: int
+) -> int:
     """The stride whose kept pairs carry the most rotating query-key energy, summed over layers."""
     kv_of = torch.arange(plan.heads) // (plan.heads // plan.kv_heads)
     total = sum(
@@ -503,8 +546,9 @@ def convert_folder(options: ConvertOptions, corpus: CorpusSpec) -> dict:
     if options.calibration_tokens < 0:
         raise ValueError(f"--calibration-tokens must be >= 0, got {options.calibration_tokens}")
     source, tokenizer = load_source(options.source)
-    check_request(source.config, options.kv_lora_rank, options.qk_rope_head_dim, options.rope_stride,
-                  options.latent_norm)
+    check_request(
+        source.config, options.kv_lora_rank, options.qk_rope_head_dim, options.rope_stride, options.latent_norm
+    )
     prepare_output_dir(options.output_dir, MARKER, options.overwrite)
     calibration = None
     if options.calibration_tokens:
@@ -512,8 +556,9 @@ def convert_folder(options: ConvertOptions, corpus: CorpusSpec) -> dict:
             raise HfAttnError(f"{options.source} has no tokenizer to calibrate with; pass --calibration-tokens 0")
         block = min(options.calibration_block_size, source.config.max_position_embeddings)
         calibration = calibration_ids(tokenizer, corpus, options.calibration_tokens, block)
-    model = convert_to_mla(source, options.kv_lora_rank, options.qk_rope_head_dim, options.rope_stride,
-                           calibration, options.latent_norm)
+    model = convert_to_mla(
+        source, options.kv_lora_rank, options.qk_rope_head_dim, options.rope_stride, calibration, options.latent_norm
+    )
     model.save_pretrained(options.output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(options.output_dir)

@@ -32,8 +32,17 @@ from .compare import DEFAULTS, VARIANTS, CompareArgs, measure_kv_cache, variant_
 from .convert import calibration_ids, check_request, convert_to_mla, rope_stride_of
 
 MARKER = "convert_experiment.json"
-QUICK = dict(preset="tiny", max_chars=60_000, block_size=32, batch_size=4, max_tokens=40 * 4 * 32, warmup_steps=2,
-             eval_batches=2, calibration_tokens=512, rope_dim=8)
+QUICK = dict(
+    preset="tiny",
+    max_chars=60_000,
+    block_size=32,
+    batch_size=4,
+    max_tokens=40 * 4 * 32,
+    warmup_steps=2,
+    eval_batches=2,
+    calibration_tokens=512,
+    rope_dim=8,
+)
 
 
 @dataclass
@@ -43,8 +52,9 @@ class ExperimentOptions:
     output_dir: str = field(default="runs/convert", metadata={"help": "runs: converted, fine-tuned, control models"})
     docs_dir: str = field(default="docs/convert", metadata={"help": "report.md, results.json and the plot"})
     compare_dir: str = field(default="runs/compare", metadata={"help": "reuse <dir>/<source>/model when present"})
-    compare_results: str = field(default="docs/compare/results.json", metadata={"help": "the comparison's "
-                                                                                        "points for the plot"})
+    compare_results: str = field(
+        default="docs/compare/results.json", metadata={"help": "the comparison's points for the plot"}
+    )
     sources: list[str] = field(default_factory=lambda: ["mha", "gqa"], metadata={"help": "comparison variants"})
     cache_fractions: list[float] = field(
         default_factory=lambda: [0.5, 0.25, 0.125], metadata={"help": "MLA cache as a fraction of the MHA cache"}
@@ -54,8 +64,9 @@ class ExperimentOptions:
     )
     rope_dim: int = field(default=16, metadata={"help": "qk_rope_head_dim of every converted model"})
     calibration_tokens: int = field(default=4096, metadata={"help": "calibration tokens (train split); 0: weights"})
-    finetune_lr: float = field(default=1e-3, metadata={"help": "peak lr of the fine-tuning (the control uses the "
-                                                               "comparison's lr)"})
+    finetune_lr: float = field(
+        default=1e-3, metadata={"help": "peak lr of the fine-tuning (the control uses the comparison's lr)"}
+    )
     quick: bool = field(default=False, metadata={"help": "seconds-long tiny settings (for tests)"})
 
 
@@ -76,8 +87,15 @@ class Setting:
 
 def comparison_setting(options: ExperimentOptions) -> CompareArgs:
     """The comparison's CompareArgs built from its DEFAULTS (and QUICK's for --quick)."""
-    values = {**DEFAULTS, **(QUICK if options.quick else {}), "tracker": "none", "progress": False, "save_every": 0,
-              "overwrite": True, "sample_tokens": 16}
+    values = {
+        **DEFAULTS,
+        **(QUICK if options.quick else {}),
+        "tracker": "none",
+        "progress": False,
+        "save_every": 0,
+        "overwrite": True,
+        "sample_tokens": 16,
+    }
     train_fields = {f.name for f in dataclasses.fields(TrainOptions)}
     corpus_fields = {f.name for f in dataclasses.fields(CorpusSpec)}
     base = TrainArgs(
@@ -142,18 +160,38 @@ def finetune(setting: Setting, out: str, tokens: int, model: ModelOptions, lr: f
     A finished run of the same arguments in `out` is read back instead (the experiment resumes).
     """
     steps = max(1, tokens // (setting.base.batch_size * setting.base.block_size))
-    args = dataclasses.replace(setting.base, output_dir=out, model=model, max_tokens=tokens, lr=lr,
-                               warmup_steps=max(1, steps // 10), eval_every=10**9)
+    args = dataclasses.replace(
+        setting.base,
+        output_dir=out,
+        model=model,
+        max_tokens=tokens,
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        eval_every=10**9,
+    )
     if not finished(args):
         train(args)
     final = read_jsonl(os.path.join(out, "metrics.jsonl"))[-1]
-    return {"bits_per_char": final["val_bits_per_char"], "tokens": final["tokens"], "steps": final["step"],
-            "train_s": final["elapsed_s"]}
+    return {
+        "bits_per_char": final["val_bits_per_char"],
+        "tokens": final["tokens"],
+        "steps": final["step"],
+        "train_s": final["elapsed_s"],
+    }
 
 
 def mla_shape(config) -> dict:
-    return {k: getattr(config, k) for k in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim",
-                                            "head_dim", "max_position_embeddings")}
+    return {
+        k: getattr(config, k)
+        for k in (
+            "kv_lora_rank",
+            "qk_rope_head_dim",
+            "qk_nope_head_dim",
+            "v_head_dim",
+            "head_dim",
+            "max_position_embeddings",
+        )
+    }
 
 
 def convert_one(setting: Setting, name: str, source_dir: str, fraction: float, source_tokens: int) -> dict:
@@ -163,8 +201,12 @@ def convert_one(setting: Setting, name: str, source_dir: str, fraction: float, s
     rope_dim = QUICK["rope_dim"] if setting.options.quick else setting.options.rope_dim
     rank = round(fraction * mha_per_layer) - rope_dim
     name = f"{name}-{fraction:g}"
-    record = {"source": source.config.attention_type, "cache_fraction": fraction, "kv_lora_rank": rank,
-              "qk_rope_head_dim": rope_dim}
+    record = {
+        "source": source.config.attention_type,
+        "cache_fraction": fraction,
+        "kv_lora_rank": rank,
+        "qk_rope_head_dim": rope_dim,
+    }
     try:
         check_request(source.config, rank, rope_dim, None, "fit")
     except ValueError as error:
@@ -175,9 +217,12 @@ def convert_one(setting: Setting, name: str, source_dir: str, fraction: float, s
     model = convert_to_mla(source, rank, rope_dim, calibration_data=setting.calibration)
     record["convert_s"] = time.perf_counter() - start
     theta = source.config.rope_parameters["rope_theta"]
-    record.update(status="ok", rope_stride=rope_stride_of(model.config, theta, source.config.head_dim),
-                  kv_cache_bytes_per_token=cache_bytes_per_token(model),
-                  zero_shot_bits_per_char=evaluate_bpc(setting, model))
+    record.update(
+        status="ok",
+        rope_stride=rope_stride_of(model.config, theta, source.config.head_dim),
+        kv_cache_bytes_per_token=cache_bytes_per_token(model),
+        zero_shot_bits_per_char=evaluate_bpc(setting, model),
+    )
     converted_dir = os.path.join(setting.options.output_dir, "converted", name)
     model.save_pretrained(converted_dir)
     AutoTokenizer.from_pretrained(source_dir).save_pretrained(converted_dir)
@@ -185,8 +230,13 @@ def convert_one(setting: Setting, name: str, source_dir: str, fraction: float, s
     for share in setting.options.finetune_fractions:
         print(f"fine-tuning {name} on {share:.0%}", file=sys.stderr, flush=True)
         out = os.path.join(setting.options.output_dir, "finetuned", f"{name}-{share:g}")
-        run = finetune(setting, out, round(share * source_tokens), ModelOptions(init_from=converted_dir),
-                       setting.options.finetune_lr)
+        run = finetune(
+            setting,
+            out,
+            round(share * source_tokens),
+            ModelOptions(init_from=converted_dir),
+            setting.options.finetune_lr,
+        )
         record[f"finetuned_{share:g}"] = run
     return record
 
@@ -209,11 +259,19 @@ def planned_shapes(setting: Setting) -> dict[float, dict]:
     trunk = HfAttnConfig.from_preset(config.preset or "small")
     rope_dim = QUICK["rope_dim"] if setting.options.quick else setting.options.rope_dim
     d = trunk.head_dim
-    return {f: {"kv_lora_rank": round(f * 2 * trunk.num_attention_heads * d) - rope_dim, "qk_rope_head_dim": rope_dim,
-                "qk_nope_head_dim": d, "v_head_dim": d, "head_dim": d,
-                "max_position_embeddings": max(setting.base.block_size, setting.compare.decode_context
-                                               + setting.compare.decode_steps + 1)}
-            for f in setting.options.cache_fractions}
+    return {
+        f: {
+            "kv_lora_rank": round(f * 2 * trunk.num_attention_heads * d) - rope_dim,
+            "qk_rope_head_dim": rope_dim,
+            "qk_nope_head_dim": d,
+            "v_head_dim": d,
+            "head_dim": d,
+            "max_position_embeddings": max(
+                setting.base.block_size, setting.compare.decode_context + setting.compare.decode_steps + 1
+            ),
+        }
+        for f in setting.options.cache_fractions
+    }
 
 
 def run_experiment(options: ExperimentOptions) -> dict:
@@ -229,20 +287,36 @@ def run_experiment(options: ExperimentOptions) -> dict:
         json.dump(dataclasses.asdict(options), f, indent=2)
     setting = make_setting(options)
     source_tokens = setting.base.max_tokens
-    controls = [{"shape": shape, **{f"{share:g}": control(setting, shape, share, source_tokens)
-                                    for share in options.finetune_fractions}}
-                for shape in planned_shapes(setting).values()]
+    controls = [
+        {
+            "shape": shape,
+            **{f"{share:g}": control(setting, shape, share, source_tokens) for share in options.finetune_fractions},
+        }
+        for shape in planned_shapes(setting).values()
+    ]
     sources, conversions = [], []
     for name in options.sources:
         source_dir = source_model(setting, name)
         source = HfAttnForCausalLM.from_pretrained(source_dir, dtype=torch.float32).eval()
-        sources.append({"source": name, "model_dir": source_dir, "bits_per_char": evaluate_bpc(setting, source),
-                        "kv_cache_bytes_per_token": cache_bytes_per_token(source), "tokens": source_tokens})
+        sources.append(
+            {
+                "source": name,
+                "model_dir": source_dir,
+                "bits_per_char": evaluate_bpc(setting, source),
+                "kv_cache_bytes_per_token": cache_bytes_per_token(source),
+                "tokens": source_tokens,
+            }
+        )
         for fraction in options.cache_fractions:
             conversions.append(convert_one(setting, name, source_dir, fraction, source_tokens))
-            results = {"sources": sources, "conversions": conversions, "controls": controls,
-                       "options": dataclasses.asdict(options), "environment": environment(),
-                       "wall_s": time.perf_counter() - start}
+            results = {
+                "sources": sources,
+                "conversions": conversions,
+                "controls": controls,
+                "options": dataclasses.asdict(options),
+                "environment": environment(),
+                "wall_s": time.perf_counter() - start,
+            }
             write_outputs(options, results)  # after every conversion, so a stopped run still reports
     return results
 
@@ -259,8 +333,17 @@ def rows(results: dict, shares: list[float]) -> list[list]:
     table = []
     source_bpc = {s["source"]: s["bits_per_char"] for s in results["sources"]}
     for s in results["sources"]:
-        table.append([f"{s['source']} (source)", s["kv_cache_bytes_per_token"], "1", s["bits_per_char"], None,
-                      *[None] * (2 * len(shares)), "0.0%"])
+        table.append(
+            [
+                f"{s['source']} (source)",
+                s["kv_cache_bytes_per_token"],
+                "1",
+                s["bits_per_char"],
+                None,
+                *[None] * (2 * len(shares)),
+                "0.0%",
+            ]
+        )
     for r in results["conversions"]:
         if r["status"] != "ok":
             continue
@@ -268,17 +351,32 @@ def rows(results: dict, shares: list[float]) -> list[list]:
         tuned = [r[f"finetuned_{s:g}"]["bits_per_char"] for s in shares]
         best = tuned[-1] if tuned else r["zero_shot_bits_per_char"]
         gap = best / source_bpc[r["source"]] - 1
-        table.append([f"{r['source']} -> mla r={r['kv_lora_rank']} d_R={r['qk_rope_head_dim']}",
-                      r["kv_cache_bytes_per_token"], f"1/{round(1 / r['cache_fraction'])} of mha",
-                      r["zero_shot_bits_per_char"], r["zero_shot_bypass_bits_per_char"], *tuned,
-                      *[ctrl.get(f"{s:g}", {}).get("bits_per_char") for s in shares], f"{gap:+.1%}"])
+        table.append(
+            [
+                f"{r['source']} -> mla r={r['kv_lora_rank']} d_R={r['qk_rope_head_dim']}",
+                r["kv_cache_bytes_per_token"],
+                f"1/{round(1 / r['cache_fraction'])} of mha",
+                r["zero_shot_bits_per_char"],
+                r["zero_shot_bypass_bits_per_char"],
+                *tuned,
+                *[ctrl.get(f"{s:g}", {}).get("bits_per_char") for s in shares],
+                f"{gap:+.1%}",
+            ]
+        )
     return table
 
 
 def headers(shares: list[float]) -> list[str]:
-    return ["model", "KV cache B/token", "cache", "bpc zero-shot", "bpc zero-shot (bypass)",
-            *[f"bpc fine-tuned {s:.0%}" for s in shares], *[f"control {s:.0%}" for s in shares],
-            f"tuned {shares[-1]:.0%} vs source" if shares else "vs source"]
+    return [
+        "model",
+        "KV cache B/token",
+        "cache",
+        "bpc zero-shot",
+        "bpc zero-shot (bypass)",
+        *[f"bpc fine-tuned {s:.0%}" for s in shares],
+        *[f"control {s:.0%}" for s in shares],
+        f"tuned {shares[-1]:.0%} vs source" if shares else "vs source",
+    ]
 
 
 def targets(results: dict) -> list[str]:
@@ -293,17 +391,23 @@ def targets(results: dict) -> list[str]:
     if (r := found.get(("mha", 0.25))) and "finetuned_0.2" in r:
         tuned, src = r["finetuned_0.2"]["bits_per_char"], source_bpc["mha"]
         ctrl = (_control_for(results, r) or {}).get("0.2", {}).get("bits_per_char")
-        check("1/4 cache, 20% fine-tune, within 2% of the MHA source and better than the control",
-              tuned <= 1.02 * src and ctrl is not None and tuned < ctrl,
-              f"{tuned:.4f} vs source {src:.4f}: {tuned / src - 1:+.2%}; control {ctrl:.4f}")
+        check(
+            "1/4 cache, 20% fine-tune, within 2% of the MHA source and better than the control",
+            tuned <= 1.02 * src and ctrl is not None and tuned < ctrl,
+            f"{tuned:.4f} vs source {src:.4f}: {tuned / src - 1:+.2%}; control {ctrl:.4f}",
+        )
     if (r := found.get(("mha", 0.125))) and "finetuned_0.2" in r:
         tuned, src = r["finetuned_0.2"]["bits_per_char"], source_bpc["mha"]
-        check("1/8 cache, 20% fine-tune, within 5%", tuned <= 1.05 * src,
-              f"{tuned:.4f} vs {src:.4f}: {tuned / src - 1:+.2%}")
+        check(
+            "1/8 cache, 20% fine-tune, within 5%",
+            tuned <= 1.05 * src,
+            f"{tuned:.4f} vs {src:.4f}: {tuned / src - 1:+.2%}",
+        )
     if r := found.get(("mha", 0.5)):
         zero, src = r["zero_shot_bits_per_char"], source_bpc["mha"]
-        check("1/2 cache, zero-shot, within 10%", zero <= 1.10 * src,
-              f"{zero:.4f} vs {src:.4f}: {zero / src - 1:+.2%}")
+        check(
+            "1/2 cache, zero-shot, within 10%", zero <= 1.10 * src, f"{zero:.4f} vs {src:.4f}: {zero / src - 1:+.2%}"
+        )
     return lines
 
 
@@ -319,24 +423,52 @@ def plot(path: str, results: dict, compare_results: list[dict]) -> None:
     for r in compare_results:
         if r.get("status") == "ok" and r["variant"] in ("gqa", "mqa", "mla", "mha"):
             ax.scatter(r["kv_cache_bytes_per_token"], r["val_bits_per_char"], marker="s", color="gray", s=50)
-            ax.annotate(f"compare {r['variant']}", (r["kv_cache_bytes_per_token"], r["val_bits_per_char"]),
-                        textcoords="offset points", xytext=(5, -10), fontsize=8, color="gray")
+            ax.annotate(
+                f"compare {r['variant']}",
+                (r["kv_cache_bytes_per_token"], r["val_bits_per_char"]),
+                textcoords="offset points",
+                xytext=(5, -10),
+                fontsize=8,
+                color="gray",
+            )
     for s, color in zip(results["sources"], ("C0", "C1", "C2")):
         ok = [r for r in results["conversions"] if r["source"] == s["source"] and r["status"] == "ok"]
-        ax.scatter(s["kv_cache_bytes_per_token"], s["bits_per_char"], marker="*", s=200, color=color,
-                   label=f"{s['source']} source", zorder=3)
+        ax.scatter(
+            s["kv_cache_bytes_per_token"],
+            s["bits_per_char"],
+            marker="*",
+            s=200,
+            color=color,
+            label=f"{s['source']} source",
+            zorder=3,
+        )
         x = [r["kv_cache_bytes_per_token"] for r in ok]
-        ax.plot(x, [r["zero_shot_bits_per_char"] for r in ok], ":o", color=color,
-                label=f"from {s['source']}, zero-shot")
+        ax.plot(
+            x, [r["zero_shot_bits_per_char"] for r in ok], ":o", color=color, label=f"from {s['source']}, zero-shot"
+        )
         for share, style in zip(shares, ("--^", "-v")):
-            ax.plot(x, [r[f"finetuned_{share:g}"]["bits_per_char"] for r in ok], style, color=color,
-                    label=f"from {s['source']}, tuned {share:.0%}")
+            ax.plot(
+                x,
+                [r[f"finetuned_{share:g}"]["bits_per_char"] for r in ok],
+                style,
+                color=color,
+                label=f"from {s['source']}, tuned {share:.0%}",
+            )
     for share, marker in zip(shares, ("x", "+")):
         by_rank = {r["kv_lora_rank"]: r["kv_cache_bytes_per_token"] for r in results["conversions"] if "shape" in r}
-        points = sorted((by_rank[c["shape"]["kv_lora_rank"]], c[f"{share:g}"]["bits_per_char"])
-                        for c in results["controls"] if c["shape"]["kv_lora_rank"] in by_rank)
-        ax.plot([x for x, _ in points], [v for _, v in points], marker=marker, linestyle="-.", color="k",
-                label=f"MLA from scratch on {share:.0%}")
+        points = sorted(
+            (by_rank[c["shape"]["kv_lora_rank"]], c[f"{share:g}"]["bits_per_char"])
+            for c in results["controls"]
+            if c["shape"]["kv_lora_rank"] in by_rank
+        )
+        ax.plot(
+            [x for x, _ in points],
+            [v for _, v in points],
+            marker=marker,
+            linestyle="-.",
+            color="k",
+            label=f"MLA from scratch on {share:.0%}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("KV-cache bytes per token (float32, all layers, measured; log scale)")
     ax.set_ylabel("validation bits per character")
@@ -364,36 +496,42 @@ def write_outputs(options: ExperimentOptions, results: dict) -> None:
 
 
 def report_text(results: dict, table: str) -> str:
-    skipped = [f"- {r['source']} at {r['cache_fraction']:g}: {r['reason']}" for r in results["conversions"]
-               if r["status"] != "ok"]
+    skipped = [
+        f"- {r['source']} at {r['cache_fraction']:g}: {r['reason']}"
+        for r in results["conversions"]
+        if r["status"] != "ok"
+    ]
     env = results["environment"]
-    return "\n".join([
-        "# Converting MHA/GQA models to MLA",
-        "",
-        "Produced by `python scripts/convert_experiment.py` "
-        f"({results['wall_s'] / 60:.1f} min in its last invocation, which reuses the runs an earlier one finished; "
-        f"torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['cpu_count']} CPUs, commit {env['git_commit']}).",
-        "",
-        "Sources: the default comparison's MHA and GQA models (`hf-attn-compare` settings). Converted with "
-        "`convert_to_mla` (RoRoPE shared key, 2-norm stride, balanced KV PCA in a norm-stable latent basis, "
-        "calibrated on "
-        f"{results['options']['calibration_tokens']} train tokens). Fine-tuned with `train(init_from=...)` on the "
-        "first 5% / 20% of the source's training tokens (same data order, lr "
-        f"{results['options']['finetune_lr']}); the control is an MLA of the same shape trained from scratch on "
-        "those same tokens at the comparison's lr. bits/char on the comparison's validation batches; cache bytes "
-        "measured from a real DynamicCache after generate (float32).",
-        "",
-        table,
-        "",
-        "`bypass` is the exact-latent-norm form (the RMSNorm parked in its eps regime): it shows how much of the "
-        "zero-shot loss is the latent norm's rather than the rank's or RoPE's.",
-        "",
-        "## Targets",
-        "",
-        *targets(results),
-        *(["", "## Not run", "", *skipped] if skipped else []),
-        "",
-        "![bits/char against cache](bpc_vs_cache.png)",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Converting MHA/GQA models to MLA",
+            "",
+            "Produced by `python scripts/convert_experiment.py` "
+            f"({results['wall_s'] / 60:.1f} min in its last invocation, "
+            "which reuses the runs an earlier one finished; "
+            f"torch {env['torch']}, transformers {env['transformers']}, "
+            f"{env['cpu_count']} CPUs, commit {env['git_commit']}).",
+            "",
+            "Sources: the default comparison's MHA and GQA models (`hf-attn-compare` settings). Converted with "
+            "`convert_to_mla` (RoRoPE shared key, 2-norm stride, balanced KV PCA in a norm-stable latent basis, "
+            "calibrated on "
+            f"{results['options']['calibration_tokens']} train tokens). Fine-tuned with `train(init_from=...)` on the "
+            "first 5% / 20% of the source's training tokens (same data order, lr "
+            f"{results['options']['finetune_lr']}); the control is an MLA of the same shape trained from scratch on "
+            "those same tokens at the comparison's lr. bits/char on the comparison's validation batches; cache bytes "
+            "measured from a real DynamicCache after generate (float32).",
+            "",
+            table,
+            "",
+            "`bypass` is the exact-latent-norm form (the RMSNorm parked in its eps regime): it shows how much of the "
+            "zero-shot loss is the latent norm's rather than the rank's or RoPE's.",
+            "",
+            "## Targets",
+            "",
+            *targets(results),
+            *(["", "## Not run", "", *skipped] if skipped else []),
+            "",
+            "![bits/char against cache](bpc_vs_cache.png)",
+            "",
+        ]
+    )

@@ -1,11 +1,11 @@
 """`evaluate` metric modules shipped in the package, loaded offline by path:
 
-    import evaluate
-    from hf_attn.integrations.metrics import LM_PERPLEXITY_METRIC
+import evaluate
+from hf_attn.integrations.metrics import LM_PERPLEXITY_METRIC
 
-    metric = evaluate.load(LM_PERPLEXITY_METRIC)
-    metric.add_batch(nll=[12.3, 40.1], tokens=[10, 31])      # summed nats and token count per document
-    metric.compute(chars=180, bytes=182)                     # val_loss, perplexity, bits_per_char, bits_per_byte
+metric = evaluate.load(LM_PERPLEXITY_METRIC)
+metric.add_batch(nll=[12.3, 40.1], tokens=[10, 31])      # summed nats and token count per document
+metric.compute(chars=180, bytes=182)                     # val_loss, perplexity, bits_per_char, bits_per_byte
 """
 
 from pathlib import Path
