@@ -22,7 +22,7 @@ token seeing the tokens before it in its window (the last window is filled with 
 No EOS is scored and no context crosses documents, so it reads lower context on average than a
 packed block and scores a slightly different set of tokens; `docs/integrations.md` compares the two.
 
-The metrics themselves come from `hf_attn/integrations/metrics/lm_perplexity.py`, an `evaluate`
+The metrics themselves come from `hf_attn/train/metrics/lm_perplexity.py`, an `evaluate`
 metric module loaded offline from the package (`evaluate.load(LM_PERPLEXITY_METRIC)`); the hosted
 `evaluate.load("perplexity")` is not used: it fetches its script from the Hub and loads a model by
 id itself. `tests/test_evaluation.py` checks the loops against token-by-token computations.
@@ -157,7 +157,7 @@ def evaluate_model(
     from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..integrations.metrics import LM_PERPLEXITY_METRIC
+    from .metrics import LM_PERPLEXITY_METRIC
     from .data import build_lm_data, load_text_splits
 
     if not os.path.isdir(model_dir):

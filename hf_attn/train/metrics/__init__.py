@@ -1,7 +1,7 @@
 """`evaluate` metric modules shipped in the package, loaded offline by path:
 
 import evaluate
-from hf_attn.integrations.metrics import LM_PERPLEXITY_METRIC
+from hf_attn.train.metrics import LM_PERPLEXITY_METRIC
 
 metric = evaluate.load(LM_PERPLEXITY_METRIC)
 metric.add_batch(nll=[12.3, 40.1], tokens=[10, 31])      # summed nats and token count per document
