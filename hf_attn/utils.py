@@ -11,6 +11,7 @@ import platform
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 _TRUE = ("1", "ON", "YES", "TRUE")
 
@@ -151,6 +152,13 @@ def environment() -> dict:
 def cache_bytes(cache) -> int:
     """Bytes a transformers cache holds: the keys and values tensors of every layer."""
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+def check_weights(name_or_path: str | os.PathLike) -> None:
+    """`check_safetensors` on every weights file of a local model folder (a Hub id is left to the download)."""
+    if os.path.isdir(name_or_path):
+        for path in sorted(Path(name_or_path).glob("*.safetensors")):
+            check_safetensors(path)
 
 
 def check_safetensors(path: str | os.PathLike) -> None:

@@ -9,6 +9,8 @@ from conftest import entry_point
 
 from hf_attn.cli.base import parse
 from hf_attn.cli.compare import parse_compare_args
+from hf_attn.cli.evaluate import main as evaluate_main
+from hf_attn.cli.export import main as export_main
 from hf_attn.cli.push_to_hub import main as push_main
 from hf_attn.cli.train import main as train_main
 from hf_attn.tools.compare import DEFAULTS, QUICK
@@ -127,6 +129,20 @@ def test_truncated_safetensors_is_named(run_folder, tmp_path, capsys):
         str(weights),
         "truncated or corrupt",
     )
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "train"])
+def test_truncated_weights_are_named_by_every_loader(run_folder, tmp_path, capsys, command):
+    bad = tmp_path / "bad"
+    shutil.copytree(run_folder, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    argv = {
+        "evaluate": (evaluate_main, [str(bad), "--max-chars", "20000"]),
+        "export": (export_main, [str(bad), "--format", "llama", "--out", str(tmp_path / "out")]),
+        "train": (train_main, ["--init-from", str(bad), "--output-dir", str(tmp_path / "t"), "--max-steps", "1"]),
+    }[command]
+    expect_error(capsys, *argv, str(weights), "truncated or corrupt")
 
 
 def test_pickle_files_are_left_out_with_a_word(run_folder, tmp_path, capsys):

@@ -51,7 +51,7 @@ from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
 from ..train.data import CorpusSpec, load_text_splits
-from ..utils import HfAttnError, prepare_output_dir
+from ..utils import HfAttnError, check_weights, prepare_output_dir
 
 LATENT_NORMS = ("fit", "bypass")
 MARKER = "conversion.json"
@@ -111,6 +111,7 @@ class ConvertOptions:
 def load_source(name_or_path: str) -> tuple[HfAttnForCausalLM, object | None]:
     """An hf_attn MHA/GQA/MQA model, or a LlamaForCausalLM turned into one (float32), and its tokenizer if any."""
     model_type = AutoConfig.from_pretrained(name_or_path).model_type
+    check_weights(name_or_path)
     if model_type == HfAttnConfig.model_type:
         model = HfAttnForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
     elif model_type == "llama":

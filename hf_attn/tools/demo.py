@@ -18,7 +18,7 @@ from threading import Thread
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
-from ..utils import HfAttnError
+from ..utils import HfAttnError, check_weights
 from .hub import format_bytes
 
 # Gradio sends usage statistics by default; the demo runs offline and sends nothing.
@@ -66,6 +66,7 @@ def load_models(specs: list[str], device: str | None = None) -> list[LoadedModel
         if looks_like_path and not (Path(spec).expanduser() / "config.json").is_file():
             raise DemoError(f"Model path {spec!r} is not a model folder (no config.json there).")
         try:
+            check_weights(spec)
             tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=True)
             model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=True).to(device).eval()
         except Exception as e:  # any loading failure ends startup, naming the model

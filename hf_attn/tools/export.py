@@ -20,7 +20,7 @@ from transformers import (
 
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
-from ..utils import HfAttnError
+from ..utils import HfAttnError, check_weights
 
 # --format of `hf-attn-export` -> the attention types it takes, and what to use for the others.
 FOLDER_FORMATS = {
@@ -106,6 +106,7 @@ def load_for_export(model_dir: str) -> tuple[HfAttnForCausalLM, object]:
     model_type = AutoConfig.from_pretrained(model_dir).model_type
     if model_type != HfAttnConfig.model_type:
         raise HfAttnError(f"{model_dir}: model_type {model_type!r} is not an hf_attn checkpoint")
+    check_weights(model_dir)
     model = HfAttnForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 

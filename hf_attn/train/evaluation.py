@@ -38,6 +38,7 @@ import re
 import torch
 import torch.nn.functional as F
 
+from ..utils import check_weights
 from .data import bits_per_byte, bits_per_char
 
 
@@ -157,11 +158,12 @@ def evaluate_model(
     from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .metrics import LM_PERPLEXITY_METRIC
     from .data import build_lm_data, load_text_splits
+    from .metrics import LM_PERPLEXITY_METRIC
 
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model directory {model_dir!r} does not exist")
+    check_weights(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -63,7 +63,7 @@ from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_war
 
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
-from ..utils import append_jsonl, check_output_dir, check_safetensors, read_jsonl, write_jsonl
+from ..utils import append_jsonl, check_output_dir, check_weights, read_jsonl, write_jsonl
 from .data import load_text_splits, pack_splits
 from .evaluation import evaluate_loss, lm_metrics
 from .options import TrainArgs, build_config
@@ -219,9 +219,7 @@ def initial_model(args: TrainArgs, config: HfAttnConfig) -> HfAttnForCausalLM:
     """A freshly initialised model, or the --init-from model's weights (in float32, for training)."""
     if args.model.init_from is None:
         return HfAttnForCausalLM(config)
-    weights = os.path.join(args.model.init_from, "model.safetensors")
-    if os.path.isfile(weights):
-        check_safetensors(weights)
+    check_weights(args.model.init_from)
     return HfAttnForCausalLM.from_pretrained(args.model.init_from, config=config, dtype=torch.float32)
 
 
