@@ -174,3 +174,14 @@ def test_round_trip_dict_and_disk(overrides, tmp_path):
     assert _without_auto_map(auto.to_dict()) == as_dict
     for key, value in overrides.items():
         assert getattr(loaded, key) == value
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("sliding_window", 16), ("layer_types", ["sliding_attention", "full_attention"]), ("attention_chunk_size", 16),
+     ("rope_scaling", {"rope_type": "linear", "factor": 2.0})],
+)  # fmt: skip
+def test_fields_transformers_reads_but_the_model_ignores_are_refused(field, value):
+    """A sliding_window the model ignored used to make DynamicCache keep only the last 16 keys."""
+    with pytest.raises(ValueError, match=f"{field}=.*do not implement it"):
+        HfAttnConfig.from_preset("tiny", attention_type="gqa", **{field: value})

@@ -7,6 +7,9 @@ is at home, and so that checkpoints export to those classes without renaming.
 from transformers import PreTrainedConfig
 
 ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla")
+# Config fields that transformers' cache and mask builders read but no hf_attn model honours: a
+# config that sets one is refused instead of caching or masking differently from the model.
+UNSUPPORTED_FIELDS = ("sliding_window", "layer_types", "attention_chunk_size", "use_sliding_window", "rope_scaling")
 
 # Named sizes. Each preset fixes the trunk (width, depth, heads); the attention type is chosen
 # separately and the attention-specific dims are derived by the rules in `HfAttnConfig.__post_init__`.
@@ -97,6 +100,13 @@ class HfAttnConfig(PreTrainedConfig):
     mla_absorb: str = "auto"
 
     def __post_init__(self, **kwargs):
+        for name in UNSUPPORTED_FIELDS:
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"{name}={kwargs[name]!r}: hf_attn models do not implement it, and transformers' caches and "
+                    "masks would read it and compute something else than the model (for example a sliding-window "
+                    "cache under full attention)."
+                )
         self._check_positive("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
         self._check_positive("num_attention_heads", "max_position_embeddings")
         if self.attention_type not in ATTENTION_TYPES:

@@ -340,7 +340,9 @@ def load_text_splits(spec: CorpusSpec) -> datasets.DatasetDict:
 
 
 def _tokenize_batch(batch: dict, tokenizer, eos_id: int) -> dict:
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    # Whole documents are longer than the model's context by design: packing cuts them into blocks,
+    # so the tokenizer's "longer than model_max_length" warning does not apply here.
+    ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
     return {"input_ids": [x + [eos_id] for x in ids]}
 
 
