@@ -11,9 +11,9 @@ from transformers import DynamicCache
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.cli.evaluate import main as evaluate_main
 from hf_attn.cli.train import main as train_main
-from hf_attn.train.metrics import LM_PERPLEXITY_METRIC
 from hf_attn.train.data import CorpusSpec
 from hf_attn.train.evaluation import evaluate_loss, evaluate_model, evaluate_rolling, lm_metrics
+from hf_attn.train.metrics import LM_PERPLEXITY_METRIC
 from hf_attn.utils import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("single_thread")
