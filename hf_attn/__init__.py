@@ -1,4 +1,5 @@
-"""hf_attn: decoder-only language models with pluggable attention (MHA, MQA, GQA, DeepSeek MLA).
+"""hf_attn: decoder-only language models with pluggable attention (MHA, MQA, GQA, DeepSeek MLA, Performer),
+with an optional sliding window for MHA/GQA/MQA.
 
 The package has three layers, and imports only point down:
 
@@ -15,7 +16,7 @@ Importing the package registers the classes with transformers' Auto classes, so
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .model import ATTENTION_TYPES, PRESETS, HfAttnConfig, HfAttnForCausalLM, HfAttnModel, HfAttnPreTrainedModel
-from .tools.export import to_deepseek_v3, to_llama
+from .tools.export import to_deepseek_v3, to_llama, to_mistral
 
 AutoConfig.register(HfAttnConfig.model_type, HfAttnConfig, exist_ok=True)
 AutoModel.register(HfAttnConfig, HfAttnModel, exist_ok=True)
@@ -30,4 +31,5 @@ __all__ = [
     "HfAttnPreTrainedModel",
     "to_llama",
     "to_deepseek_v3",
+    "to_mistral",
 ]

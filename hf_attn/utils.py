@@ -149,9 +149,23 @@ def environment() -> dict:
 # ---------------------------------------------------------------- caches and weights
 
 
+def cache_tensors(cache) -> list:
+    """The tensors a transformers cache holds, every layer together.
+
+    Attention layers (full, sliding-window, static) hold `keys` and `values`; linear-attention layers
+    (Performer's constant state) hold `recurrent_states` and `conv_states`, dicts of tensors or None.
+    """
+    tensors = []
+    for layer in cache.layers:
+        tensors += [getattr(layer, name, None) for name in ("keys", "values")]
+        for name in ("recurrent_states", "conv_states"):
+            tensors += list(getattr(layer, name, {}).values())
+    return [t for t in tensors if t is not None and hasattr(t, "nbytes")]
+
+
 def cache_bytes(cache) -> int:
-    """Bytes a transformers cache holds: the keys and values tensors of every layer."""
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    """Bytes a transformers cache holds: keys and values, or linear-attention states, of every layer."""
+    return sum(t.nbytes for t in cache_tensors(cache))
 
 
 def check_weights(name_or_path: str | os.PathLike) -> None:

@@ -10,7 +10,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from hf_attn import HfAttnConfig
+from hf_attn import ATTENTION_TYPES, HfAttnConfig
+
+# Designs the model-wide tests run on: every attention type, plus sliding-window GQA as "swa". Its
+# window of 6 is shorter than the tests' prompts, so the window really cuts context off.
+SLIDING_WINDOW_DESIGN = {"attention_type": "gqa", "sliding_window": 6}
+DESIGNS = (*ATTENTION_TYPES, "swa")
 
 
 def entry_point(name: str) -> list[str]:
@@ -58,11 +63,12 @@ def make_model():
     """Factory: `make_model("gqa", seed=0, attn_implementation="eager", **config_overrides)`.
 
     Builds the "tiny" preset through `AutoModelForCausalLM.from_config` (the public path), with
-    randomized float32 weights, in eval mode.
+    randomized float32 weights, in eval mode. "swa" is sliding-window GQA (`SLIDING_WINDOW_DESIGN`).
     """
 
     def make(attention_type: str, seed: int = 0, attn_implementation: str | None = None, **overrides):
-        config = HfAttnConfig.from_preset("tiny", attention_type=attention_type, **overrides)
+        design = SLIDING_WINDOW_DESIGN if attention_type == "swa" else {"attention_type": attention_type}
+        config = HfAttnConfig.from_preset("tiny", **{**design, **overrides})
         kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
         model = AutoModelForCausalLM.from_config(config, **kwargs)
         return randomize_(model, seed=seed).eval()

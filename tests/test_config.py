@@ -44,6 +44,23 @@ BAD_CONFIGS = [
     (dict(attention_type="mla", v_head_dim=-1), "v_head_dim"),
     (dict(attention_type="mla", num_key_value_heads=2), "num_key_value_heads"),
     (dict(attention_type="mla", mla_absorb="sometimes"), "mla_absorb"),
+    # sliding window: GQA family only, at least 2 (transformers' cache keeps sliding_window - 1 keys)
+    (dict(attention_type="gqa", sliding_window=1), "sliding_window"),
+    (dict(attention_type="gqa", sliding_window=0), "sliding_window"),
+    (dict(attention_type="mha", sliding_window=8.0), "sliding_window"),
+    (dict(attention_type="mla", sliding_window=8), "sliding_window"),
+    (dict(attention_type="performer", sliding_window=8), "sliding_window"),
+    # Performer fields on other types, and Performer's rules
+    (dict(attention_type="mha", performer_features=32), "performer_features"),
+    (dict(attention_type="mla", performer_chunk_size=32), "performer_chunk_size"),
+    (dict(attention_type="gqa", performer_redraw_interval=10), "performer_redraw_interval"),
+    (dict(attention_type="performer", performer_features=0), "performer_features"),
+    (dict(attention_type="performer", performer_chunk_size=0), "performer_chunk_size"),
+    (dict(attention_type="performer", performer_redraw_interval=-1), "performer_redraw_interval"),
+    (dict(attention_type="performer", num_key_value_heads=3), "num_key_value_heads"),
+    (dict(attention_type="performer", kv_lora_rank=32), "kv_lora_rank"),
+    (dict(attention_type="performer", attention_dropout=0.1), "attention_dropout"),
+    (dict(attention_type="performer", layer_types=["full_attention"] * 2), "layer_types"),
     # RoPE: only plain RoPE is implemented
     (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope_type"),
     (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}), "rope_type"),
@@ -127,7 +144,7 @@ def test_default_rope_theta():
 
 def test_presets_build():
     for name, values in PRESETS.items():
-        for attention_type in ("mha", "gqa", "mqa", "mla"):
+        for attention_type in ("mha", "gqa", "mqa", "mla", "performer"):
             config = HfAttnConfig.from_preset(name, attention_type=attention_type)
             assert {k: getattr(config, k) for k in values} == values
 
@@ -142,7 +159,35 @@ def test_presets_build():
     ],
 )
 def test_kv_cache_elements_per_token_formula(attention_type, expected):
-    assert HfAttnConfig.from_preset("tiny", attention_type=attention_type).kv_cache_elements_per_token == expected
+    config = HfAttnConfig.from_preset("tiny", attention_type=attention_type)
+    assert config.kv_cache_elements_per_token == expected
+    assert not config.kv_cache_bounded
+    assert config.kv_cache_elements(100) == 100 * expected
+
+
+def test_kv_cache_elements_bounded_designs():
+    window = HfAttnConfig.from_preset("tiny", attention_type="gqa", sliding_window=8)
+    assert window.kv_cache_bounded and window.kv_cache_elements_per_token == 2 * 2 * 16 * 2
+    # transformers' sliding-window layer keeps the last window - 1 tokens between steps
+    assert [window.kv_cache_elements(n) // (2 * 2 * 16 * 2) for n in (0, 3, 7, 8, 1000)] == [0, 3, 7, 7, 7]
+    performer = HfAttnConfig.from_preset("tiny", attention_type="performer", num_key_value_heads=2)
+    assert performer.kv_cache_bounded and performer.kv_cache_elements_per_token == 0
+    state = 2 * 2 * 64 * (16 + 1)  # layers * kv heads * features (4 d_h) * (head_dim + 1): [S | z]
+    assert [performer.kv_cache_elements(n) for n in (0, 1, 10, 10_000)] == [0, state, state, state]
+    with pytest.raises(ValueError, match="seq_len"):
+        performer.kv_cache_elements(-1)
+
+
+def test_performer_defaults_and_user_values():
+    config = HfAttnConfig.from_preset("tiny", attention_type="performer")  # d_h = 16
+    assert (config.performer_features, config.performer_redraw_interval, config.performer_chunk_size) == (64, 1000, 64)
+    assert config.num_key_value_heads == 4 and config.layer_types == ["linear_attention"] * 2
+    values = dict(performer_features=24, performer_redraw_interval=0, performer_chunk_size=5, num_key_value_heads=1)
+    config = HfAttnConfig.from_preset("tiny", attention_type="performer", **values)
+    assert {k: getattr(config, k) for k in values} == values
+    for attention_type in ("mha", "mla"):
+        config = HfAttnConfig.from_preset("tiny", attention_type=attention_type)
+        assert config.performer_features is None and getattr(config, "layer_types", None) is None
 
 
 def _without_auto_map(config_dict: dict) -> dict:
@@ -157,6 +202,8 @@ def _without_auto_map(config_dict: dict) -> dict:
         dict(attention_type="gqa", num_key_value_heads=2, head_dim=32, attention_bias=True),
         dict(attention_type="mqa", tie_word_embeddings=True),
         dict(attention_type="mla", q_lora_rank=16, kv_lora_rank=24, qk_rope_head_dim=4, mla_absorb="always"),
+        dict(attention_type="gqa", sliding_window=8),
+        dict(attention_type="performer", performer_features=24, performer_redraw_interval=5, performer_chunk_size=7),
     ],
 )
 def test_round_trip_dict_and_disk(overrides, tmp_path):
@@ -178,10 +225,11 @@ def test_round_trip_dict_and_disk(overrides, tmp_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("sliding_window", 16), ("layer_types", ["sliding_attention", "full_attention"]), ("attention_chunk_size", 16),
-     ("rope_scaling", {"rope_type": "linear", "factor": 2.0})],
+    [("layer_types", ["sliding_attention", "full_attention"]), ("attention_chunk_size", 16),
+     ("use_sliding_window", True), ("rope_scaling", {"rope_type": "linear", "factor": 2.0})],
 )  # fmt: skip
 def test_fields_transformers_reads_but_the_model_ignores_are_refused(field, value):
-    """A sliding_window the model ignored used to make DynamicCache keep only the last 16 keys."""
-    with pytest.raises(ValueError, match=f"{field}=.*do not implement it"):
+    """A sliding_window the model ignored used to make DynamicCache keep only the last 16 keys; now it is honoured
+    (tests/test_sliding_window.py), and the fields it still ignores are refused."""
+    with pytest.raises(ValueError, match=f"{field}="):
         HfAttnConfig.from_preset("tiny", attention_type="gqa", **{field: value})

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from conftest import DESIGNS
 from torch.testing import assert_close
 from transformers import DynamicCache, StaticCache, pipeline
 
-from hf_attn import ATTENTION_TYPES
+from hf_attn.utils import cache_tensors
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -39,7 +40,7 @@ def cache_of(output):
     return cache if cache is not None else output.past_key_values
 
 
-@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("attention_type", DESIGNS)
 def test_left_padded_batch_equals_each_prompt_alone(make_model, attention_type):
     model = make_model(attention_type)
     batch = prompts()
@@ -55,7 +56,7 @@ def test_left_padded_batch_equals_each_prompt_alone(make_model, attention_type):
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
-@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("attention_type", DESIGNS)
 def test_static_cache_equals_dynamic_cache(make_model, attention_type, padded):
     model = make_model(attention_type)
     ids, mask = left_pad(prompts() if padded else prompts(lengths=(7, 7, 7)))
@@ -66,7 +67,7 @@ def test_static_cache_equals_dynamic_cache(make_model, attention_type, padded):
     assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("attention_type", DESIGNS)
 def test_seeded_sampling_is_reproducible(make_model, attention_type):
     model = make_model(attention_type)
     ids, mask = left_pad(prompts())
@@ -84,7 +85,7 @@ def test_seeded_sampling_is_reproducible(make_model, attention_type):
     assert not torch.equal(first, greedy(model, ids, mask))
 
 
-@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("attention_type", DESIGNS)
 def test_beam_search_shapes(make_model, attention_type):
     model = make_model(attention_type)
     ids, mask = left_pad(prompts())
@@ -99,6 +100,17 @@ def test_beam_search_shapes(make_model, attention_type):
     assert not torch.equal(out.sequences[0::2], out.sequences[1::2])  # two distinct beams
 
 
+@pytest.mark.parametrize("attention_type", DESIGNS)
+def test_beam_search_with_cache_equals_without(make_model, attention_type):
+    """Beams reorder the cache every step (Performer: its state); recomputing from scratch must agree."""
+    model = make_model(attention_type)
+    ids, mask = left_pad(prompts())
+    kwargs = dict(num_beams=3, num_return_sequences=2, return_dict_in_generate=True, output_scores=True)
+    cached, fresh = greedy(model, ids, mask, **kwargs), greedy(model, ids, mask, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, fresh.sequences)
+    assert_close(cached.sequences_scores, fresh.sequences_scores, rtol=1e-4, atol=1e-5)
+
+
 def test_mla_beam_search_absorbed_equals_naive(make_model):
     absorbed = make_model("mla", mla_absorb="always")
     naive = make_model("mla", mla_absorb="never")
@@ -110,23 +122,29 @@ def test_mla_beam_search_absorbed_equals_naive(make_model):
 
 
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
-@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
-def test_kv_cache_elements_per_token_matches_cache(make_model, attention_type, cache_implementation):
+@pytest.mark.parametrize("attention_type", DESIGNS)
+def test_kv_cache_elements_match_cache(make_model, attention_type, cache_implementation):
     model = make_model(attention_type)
+    config = model.config
     ids, mask = left_pad(prompts())
     out = greedy(model, ids, mask, return_dict_in_generate=True, cache_implementation=cache_implementation)
     cache = cache_of(out)
-    assert len(cache.layers) == model.config.num_hidden_layers
-    batch = ids.shape[0]
-    # A static cache is allocated to its full length; count slots, not filled tokens.
+    assert len(cache.layers) == config.num_hidden_layers
+    batch, fed = ids.shape[0], out.sequences.shape[1] - 1  # the last token is never fed
+    numel = sum(t.numel() for t in cache_tensors(cache))
+    if config.attention_type == "performer":  # one state, static or dynamic
+        assert numel == batch * config.kv_cache_elements(fed) > 0
+        return
+    # A static cache is allocated to its full length (a sliding one to its window); count slots, not tokens.
     slots = cache.layers[0].keys.shape[-2]
+    assert numel / (batch * slots) == config.kv_cache_elements_per_token
     if cache_implementation == "dynamic":
-        assert slots == cache.get_seq_length() == out.sequences.shape[1] - 1  # the last token is never fed
-    numel = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers)
-    assert numel / (batch * slots) == model.config.kv_cache_elements_per_token
+        assert cache.get_seq_length() == fed
+        assert numel == batch * config.kv_cache_elements(fed)
+        assert slots == (fed if config.sliding_window is None else config.sliding_window - 1)
 
 
-@pytest.mark.parametrize("attention_type", ["gqa", "mla"])
+@pytest.mark.parametrize("attention_type", ["gqa", "mla", "performer", "swa"])
 def test_text_generation_pipeline(make_model, byte_tokenizer, attention_type):
     tok = byte_tokenizer
     model = make_model(

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from conftest import DESIGNS
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaForCausalLM
 
-from hf_attn import ATTENTION_TYPES, HfAttnConfig, HfAttnForCausalLM, to_llama
+from hf_attn import HfAttnConfig, HfAttnForCausalLM, to_llama
 from hf_attn.tools.export import llama_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -107,7 +108,7 @@ def test_rope_is_relative_and_positions_matter(make_model, padded_batch):
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
-@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("attention_type", DESIGNS)
 def test_cached_step_decode_equals_full_pass(make_model, padded_batch, attention_type, padded):
     model = make_model(attention_type)
     ids, mask = padded_batch((12, 9, 5))
@@ -124,14 +125,15 @@ def test_cached_step_decode_equals_full_pass(make_model, padded_batch, attention
             out = model(input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache, use_cache=True)
             steps.append(out.logits)
     assert out.cache is cache
-    assert cache.get_seq_length() == ids.shape[1]
+    if model.config.attention_type != "performer":  # Performer's state has no length (tests/test_performer.py)
+        assert cache.get_seq_length() == ids.shape[1]
     stepped = torch.cat(steps, dim=1)
     valid = mask.bool()
     assert_close(stepped[valid], full[valid], **TOL)
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["nomask", "leftpad"])
-@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("attention_type", [t for t in DESIGNS if t != "performer"])  # Performer has no kernel choice
 def test_eager_equals_sdpa(make_model, padded_batch, attention_type, padded):
     eager = make_model(attention_type, attn_implementation="eager")
     sdpa = make_model(attention_type, attn_implementation="sdpa")
@@ -168,6 +170,8 @@ def test_eager_equals_sdpa(make_model, padded_batch, attention_type, padded):
         ("mla", dict(attention_bias=True)),
         ("mla", dict(q_lora_rank=24)),
         ("mla", dict(q_lora_rank=24, attention_bias=True, kv_lora_rank=20, qk_rope_head_dim=6, v_head_dim=12)),
+        ("performer", {}),
+        ("performer", dict(attention_bias=True, num_key_value_heads=2)),
     ],
 )
 def test_attention_parameters_per_layer_matches_module(attention_type, overrides):
@@ -181,7 +185,7 @@ def test_attention_parameters_per_layer_matches_module(attention_type, overrides
 # ----------------------------------------------------------------------------- dtypes and loading
 
 
-@pytest.mark.parametrize("attention_type", ["gqa", "mla"])
+@pytest.mark.parametrize("attention_type", ["gqa", "mla", "performer", "swa"])
 def test_from_pretrained_bfloat16(make_model, padded_batch, attention_type, tmp_path):
     model = make_model(attention_type)
     model.save_pretrained(tmp_path)
@@ -240,7 +244,7 @@ def _grads(model, ids):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("attention_type", ["gqa", "mla"])
+@pytest.mark.parametrize("attention_type", ["gqa", "mla", "performer", "swa"])
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
 def test_gradient_checkpointing_same_grads(make_model, padded_batch, attention_type):
     model = make_model(attention_type).train()

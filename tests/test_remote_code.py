@@ -16,6 +16,7 @@ MODELING_FILES = {
     "modeling_hf_attn.py",
     "attention.py",
     "attention_mla.py",
+    "attention_performer.py",
     "attention_utils.py",
 }
 
@@ -57,8 +58,13 @@ print(json.dumps({
 
 @pytest.mark.parametrize(
     "attention_type, overrides",
-    [("gqa", dict(tie_word_embeddings=True)), ("mla", dict(q_lora_rank=24))],
-    ids=["gqa-tied", "mla-q_lora"],
+    [
+        ("gqa", dict(tie_word_embeddings=True)),
+        ("mla", dict(q_lora_rank=24)),
+        ("performer", dict(num_key_value_heads=2, performer_chunk_size=4)),
+        ("mqa", dict(sliding_window=4)),
+    ],
+    ids=["gqa-tied", "mla-q_lora", "performer", "mqa-sliding"],
 )
 def test_load_with_remote_code_without_hf_attn(make_model, tmp_path, attention_type, overrides):
     model = make_model(attention_type, **overrides)

@@ -1,6 +1,6 @@
 """Default PEFT LoRA `target_modules` for each attention type.
 
-PEFT picks default targets by `config.model_type`, and `hf_attn` is one model type with four
+PEFT picks default targets by `config.model_type`, and `hf_attn` is one model type with five
 attention designs, so the default is chosen from `config.attention_type` here and passed explicitly:
 
     from peft import LoraConfig, get_peft_model
@@ -8,7 +8,7 @@ attention designs, so the default is chosen from `config.attention_type` here an
 
     peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=lora_target_modules(model.config)))
 
-MHA/GQA/MQA take every attention projection, as PEFT's default for Llama-family models does for the
+MHA/GQA/MQA and Performer take every attention projection, as PEFT's default for Llama-family models does for the
 query and value and the QLoRA paper recommends for all of them. MLA takes DeepseekV3's projections:
 the query (or its low-rank pair), the joint latent/RoPE-key down-projection, the latent
 up-projection and the output. An adapter on `kv_b_proj` works both unmerged (the absorbed decode
@@ -27,6 +27,7 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
     "gqa": ATTENTION_PROJECTIONS,
     "mqa": ATTENTION_PROJECTIONS,
     "mla": MLA_PROJECTIONS,
+    "performer": ATTENTION_PROJECTIONS,  # Llama's names; the random projection is a buffer, not adapted
 }
 
 

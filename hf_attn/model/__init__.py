@@ -5,7 +5,15 @@ a downloaded folder loads with `trust_remote_code=True` where hf_attn is not ins
 `tests/test_layout.py` enforces it.
 """
 
-from .configuration_hf_attn import ATTENTION_TYPES, PRESETS, HfAttnConfig
+from .configuration_hf_attn import ATTENTION_TYPES, GQA_FAMILY, PRESETS, HfAttnConfig
 from .modeling_hf_attn import HfAttnForCausalLM, HfAttnModel, HfAttnPreTrainedModel
 
-__all__ = ["ATTENTION_TYPES", "PRESETS", "HfAttnConfig", "HfAttnForCausalLM", "HfAttnModel", "HfAttnPreTrainedModel"]
+__all__ = [
+    "ATTENTION_TYPES",
+    "GQA_FAMILY",
+    "PRESETS",
+    "HfAttnConfig",
+    "HfAttnForCausalLM",
+    "HfAttnModel",
+    "HfAttnPreTrainedModel",
+]

@@ -98,6 +98,7 @@ class HfAttnAttention(nn.Module):
             attention_mask,
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
+            sliding_window=self.config.sliding_window,  # as Mistral: flash kernels window by it, others by the mask
             **kwargs,
         )
         output = output.reshape(batch, seq_len, -1)  # (B, T, heads * head_dim)

@@ -6,10 +6,17 @@ is at home, and so that checkpoints export to those classes without renaming.
 
 from transformers import PreTrainedConfig
 
-ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla")
+ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla", "performer")
+GQA_FAMILY = ("mha", "mqa", "gqa")
 # Config fields that transformers' cache and mask builders read but no hf_attn model honours: a
 # config that sets one is refused instead of caching or masking differently from the model.
-UNSUPPORTED_FIELDS = ("sliding_window", "layer_types", "attention_chunk_size", "use_sliding_window", "rope_scaling")
+# (`layer_types` is derived for Performer, which uses transformers' "linear_attention" cache layers;
+# a user-given value is accepted only when it equals the derived one, so a reloaded config passes.)
+UNSUPPORTED_FIELDS = ("attention_chunk_size", "use_sliding_window", "rope_scaling")
+PERFORMER_FIELDS = ("performer_features", "performer_redraw_interval", "performer_chunk_size")
+# Performer defaults (see `_derive_performer`).
+PERFORMER_REDRAW_INTERVAL = 1000
+PERFORMER_CHUNK_SIZE = 64
 
 # Named sizes. Each preset fixes the trunk (width, depth, heads); the attention type is chosen
 # separately and the attention-specific dims are derived by the rules in `HfAttnConfig.__post_init__`.
@@ -56,7 +63,11 @@ class HfAttnConfig(PreTrainedConfig):
     gqa   groups of query heads share one K/V head        num_attention_heads % num_key_value_heads == 0
     mqa   all query heads share one K/V head              num_key_value_heads == 1
     mla   K/V are up-projected from a cached latent       kv_lora_rank, qk_rope_head_dim, ...
+    performer  FAVOR+ linear attention, constant state    performer_features, performer_chunk_size, ...
     ```
+
+    `sliding_window` (MHA/GQA/MQA only) limits every query to the last `sliding_window` positions,
+    itself included, as Mistral does; transformers' sliding-window mask and cache layers then apply.
 
     Values left as `None` are derived (documented next to each rule below); a value the user set is
     never rewritten: an inconsistent one raises `ValueError` naming the field and the rule.
@@ -64,6 +75,11 @@ class HfAttnConfig(PreTrainedConfig):
     MLA (DeepSeek-V2 §2.1) defaults follow the paper's ratios to the head dim d_h:
     `kv_lora_rank = 4 d_h`, `qk_rope_head_dim = d_h / 2`, `qk_nope_head_dim = v_head_dim = d_h`,
     and no query compression (`q_lora_rank=None`).
+
+    Performer (Choromanski et al. 2021, FAVOR+) defaults: `performer_features` m = 4 d_h rounded
+    (the paper's m = d_h log d_h is 111 for d_h = 32; 128 = 4 d_h costs the same), redraw every
+    1000 training forward passes, causal chunks of 64 positions; `num_key_value_heads` defaults to
+    the head count and may divide it (the state is kept per K/V head).
     """
 
     model_type = "hf_attn"
@@ -98,8 +114,16 @@ class HfAttnConfig(PreTrainedConfig):
     # How MLA decodes: "auto" absorbs the up-projections when a cache is present and the query is
     # short (see HfAttnMLAttention), "always" absorbs whenever a cache is present, "never" expands.
     mla_absorb: str = "auto"
+    # MHA/GQA/MQA only: each query sees the last `sliding_window` positions (itself included).
+    sliding_window: int | None = None
+    # Performer only: random features m, training forward passes between feature redraws (0 = never),
+    # and the chunk length of the causal computation.
+    performer_features: int | None = None
+    performer_redraw_interval: int | None = None
+    performer_chunk_size: int | None = None
 
     def __post_init__(self, **kwargs):
+        layer_types = kwargs.pop("layer_types", None)
         for name in UNSUPPORTED_FIELDS:
             if kwargs.get(name) is not None:
                 raise ValueError(
@@ -126,10 +150,35 @@ class HfAttnConfig(PreTrainedConfig):
         if self.mla_absorb not in ("auto", "always", "never"):
             raise ValueError(f"mla_absorb must be 'auto', 'always' or 'never', got {self.mla_absorb!r}.")
 
+        if self.sliding_window is not None:
+            if self.attention_type not in GQA_FAMILY:
+                raise ValueError(
+                    f"sliding_window applies to attention_type in {GQA_FAMILY}, not {self.attention_type!r}."
+                )
+            self._check_positive("sliding_window")
+            if self.sliding_window < 2:
+                # transformers' sliding-window cache layer keeps the last `sliding_window - 1` keys: 0 means all
+                raise ValueError(f"sliding_window must be at least 2, got {self.sliding_window}.")
         if self.attention_type == "mla":
             self._derive_mla()
+        elif self.attention_type == "performer":
+            self._derive_performer()
         else:
             self._derive_gqa_family()
+        if self.attention_type != "performer":
+            for name in PERFORMER_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name} applies only to attention_type='performer', not {self.attention_type!r}."
+                    )
+        expected = self._layer_types()
+        if layer_types is not None and list(layer_types) != expected:
+            raise ValueError(
+                f"layer_types={layer_types!r}: hf_attn derives it from attention_type ({expected!r} here); "
+                "transformers' caches read it, so another value would cache something the model does not compute."
+            )
+        if expected is not None:
+            kwargs["layer_types"] = expected
 
         if self.rope_parameters is None and "rope_theta" not in kwargs:
             kwargs["rope_theta"] = 10000.0
@@ -149,9 +198,7 @@ class HfAttnConfig(PreTrainedConfig):
 
     def _derive_gqa_family(self):
         heads = self.num_attention_heads
-        for name in ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name} applies only to attention_type='mla', not {self.attention_type!r}.")
+        self._check_no_mla_fields()
         if self.num_key_value_heads is None:
             if self.attention_type == "mha":
                 self.num_key_value_heads = heads
@@ -175,6 +222,42 @@ class HfAttnConfig(PreTrainedConfig):
             raise ValueError(f"num_key_value_heads ({kv}) must divide num_attention_heads ({heads}) for 'gqa'.")
         if self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even: RoPE rotates pairs of dimensions.")
+
+    def _layer_types(self) -> list[str] | None:
+        """Performer keeps transformers' "linear_attention" cache layers (a constant state); others infer theirs."""
+        return ["linear_attention"] * self.num_hidden_layers if self.attention_type == "performer" else None
+
+    def _derive_performer(self):
+        heads = self.num_attention_heads
+        self._check_no_mla_fields()
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = heads
+        self._check_positive("num_key_value_heads")
+        if heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_key_value_heads ({self.num_key_value_heads}) must divide num_attention_heads ({heads})."
+            )
+        for name, default in (
+            ("performer_features", 4 * self.head_dim),
+            ("performer_redraw_interval", PERFORMER_REDRAW_INTERVAL),
+            ("performer_chunk_size", PERFORMER_CHUNK_SIZE),
+        ):
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        self._check_positive("performer_features", "performer_chunk_size")
+        interval = self.performer_redraw_interval
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 0:
+            raise ValueError(f"performer_redraw_interval must be an integer >= 0 (0 = never), got {interval!r}.")
+        if self.attention_dropout:
+            raise ValueError(
+                f"attention_dropout={self.attention_dropout} with attention_type='performer': "
+                "FAVOR+ forms no attention weights to drop."
+            )
+
+    def _check_no_mla_fields(self):
+        for name in ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} applies only to attention_type='mla', not {self.attention_type!r}.")
 
     def _derive_mla(self):
         d_h = self.head_dim
@@ -230,8 +313,8 @@ class HfAttnConfig(PreTrainedConfig):
 
     @property
     def base_model_tp_plan(self) -> dict[str, str]:
-        """Llama's plan for MHA/GQA/MQA, DeepseekV3's (MLP only) for MLA; it depends on `attention_type`."""
-        attention = {} if self.attention_type == "mla" else self._GQA_TP_PLAN
+        """Llama's plan for MHA/GQA/MQA; DeepseekV3's (MLP only) for MLA, and for Performer."""
+        attention = self._GQA_TP_PLAN if self.attention_type in GQA_FAMILY else {}
         return {**attention, **self._MLP_TP_PLAN}
 
     @property
@@ -241,11 +324,15 @@ class HfAttnConfig(PreTrainedConfig):
 
     @property
     def kv_cache_elements_per_token(self) -> int:
-        """Elements the KV cache holds per token, summed over all layers.
+        """Elements the KV cache grows by per token, summed over all layers.
 
-        MHA/GQA/MQA cache one key and one value per K/V head: 2 * kv_heads * head_dim per layer.
-        MLA caches the compressed latent and the shared RoPE key: kv_lora_rank + qk_rope_head_dim.
+        MHA/GQA/MQA cache one key and one value per K/V head: 2 * kv_heads * head_dim per layer
+        (with `sliding_window`, only until the window fills). MLA caches the compressed latent and
+        the shared RoPE key: kv_lora_rank + qk_rope_head_dim. Performer's state does not grow: 0
+        (use `kv_cache_elements(seq_len)` for what any design holds).
         """
+        if self.attention_type == "performer":
+            return 0
         if self.attention_type == "mla":
             per_layer = self.kv_lora_rank + self.qk_rope_head_dim
         else:
@@ -253,10 +340,31 @@ class HfAttnConfig(PreTrainedConfig):
         return per_layer * self.num_hidden_layers
 
     @property
+    def kv_cache_bounded(self) -> bool:
+        """Whether the cache stops growing with the context (sliding window, Performer)."""
+        return self.attention_type == "performer" or self.sliding_window is not None
+
+    def kv_cache_elements(self, seq_len: int) -> int:
+        """Elements the cache holds, all layers together, after one sequence of `seq_len` tokens.
+
+        Grows linearly for MHA/GQA/MQA/MLA. A sliding-window cache keeps the last
+        `sliding_window - 1` tokens (transformers' `DynamicSlidingWindowLayer`: the next token's own
+        key completes the window). Performer keeps, per layer and K/V head, the running sums of
+        phi(k) v^T and phi(k): performer_features * (head_dim + 1) values, whatever `seq_len` is.
+        """
+        if not isinstance(seq_len, int) or seq_len < 0:
+            raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}.")
+        if self.attention_type == "performer":
+            per_layer = self.num_key_value_heads * self.performer_features * (self.head_dim + 1)
+            return per_layer * self.num_hidden_layers if seq_len else 0
+        tokens = seq_len if self.sliding_window is None else min(seq_len, self.sliding_window - 1)
+        return self.kv_cache_elements_per_token * tokens
+
+    @property
     def attention_parameters_per_layer(self) -> int:
         """Parameter count of one layer's attention block, from the formulas (biases included)."""
         d, h, b = self.hidden_size, self.num_attention_heads, int(self.attention_bias)
-        if self.attention_type != "mla":
+        if self.attention_type != "mla":  # MHA/GQA/MQA and Performer: Llama's four projections
             q = h * self.head_dim
             kv = self.num_key_value_heads * self.head_dim
             return (d + b) * (q + 2 * kv) + (q + b) * d
@@ -271,4 +379,4 @@ class HfAttnConfig(PreTrainedConfig):
         return q + kv_a + kv_b + o
 
 
-__all__ = ["HfAttnConfig", "PRESETS", "ATTENTION_TYPES"]
+__all__ = ["HfAttnConfig", "PRESETS", "ATTENTION_TYPES", "GQA_FAMILY"]

@@ -12,7 +12,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
@@ -23,6 +23,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .attention import HfAttnAttention
 from .attention_mla import HfAttnMLAttention
+from .attention_performer import HfAttnPerformerAttention, padding_mask_for_new_tokens
 from .configuration_hf_attn import HfAttnConfig
 
 ATTENTION_CLASSES = {
@@ -30,6 +31,7 @@ ATTENTION_CLASSES = {
     "gqa": HfAttnAttention,
     "mqa": HfAttnAttention,
     "mla": HfAttnMLAttention,
+    "performer": HfAttnPerformerAttention,
 }
 
 
@@ -105,12 +107,21 @@ class HfAttnPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    _can_record_outputs = {"hidden_states": HfAttnDecoderLayer, "attentions": (HfAttnAttention, HfAttnMLAttention)}
+    _can_record_outputs = {
+        "hidden_states": HfAttnDecoderLayer,
+        "attentions": (HfAttnAttention, HfAttnMLAttention, HfAttnPerformerAttention),
+    }
 
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, HfAttnRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
+        if isinstance(module, HfAttnPerformerAttention):
+            # A checkpoint's saved projection is kept: `init.copy_` skips tensors already loaded.
+            seed = int(torch.randint(0, 2**31 - 1, ()))  # from torch's global RNG: set_seed fixes it
+            init.copy_(module.feature_seed, torch.tensor(seed))
+            init.zeros_(module.forward_steps)
+            init.copy_(module.projection, module.draw_features(seed, draw=0))
 
 
 class HfAttnModel(HfAttnPreTrainedModel):
@@ -144,6 +155,8 @@ class HfAttnModel(HfAttnPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        if self.config.attention_type == "performer":
+            return self._performer_forward(inputs_embeds, attention_mask, cache, use_cache, **kwargs)
 
         past_len = cache.get_seq_length() if cache is not None else 0
         total_len = past_len + inputs_embeds.shape[1]
@@ -157,7 +170,8 @@ class HfAttnModel(HfAttnPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(past_len, total_len, device=inputs_embeds.device).unsqueeze(0)
 
-        causal_mask = create_causal_mask(
+        mask_function = create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
+        causal_mask = mask_function(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -175,6 +189,23 @@ class HfAttnModel(HfAttnPreTrainedModel):
                 cache=cache,
                 use_cache=use_cache,
                 **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
+
+    def _performer_forward(self, inputs_embeds, attention_mask, cache, use_cache, **kwargs) -> BaseModelOutputWithPast:
+        """FAVOR+ layers take no positions (see attention_performer.py) and a (B, T) padding mask, not a 4D one.
+
+        The cache holds a constant-size state with no sequence axis, so there is no cached length to
+        check against `max_position_embeddings`: the model has no position embedding to run out of.
+        """
+        if self.training:  # the seeded redraw schedule; outside the layers, so gradient checkpointing replays none
+            for layer in self.layers:
+                layer.self_attn.advance_features()
+        padding_mask = padding_mask_for_new_tokens(attention_mask, inputs_embeds.shape[1])
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states, None, attention_mask=padding_mask, cache=cache, use_cache=use_cache, **kwargs
             )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
 

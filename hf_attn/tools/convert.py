@@ -201,6 +201,13 @@ def check_request(config: HfAttnConfig, kv_lora_rank, qk_rope_head_dim, rope_str
     """The conversion's plan; a request the source cannot satisfy raises ValueError or HfAttnError naming why."""
     if config.attention_type == "mla":
         raise ValueError("the source is already an MLA model")
+    if config.attention_type == "performer":
+        raise HfAttnError("the source is a Performer: FAVOR+ has no softmax keys and values for MLA to compress")
+    if config.sliding_window is not None:
+        raise HfAttnError(
+            f"the source has sliding_window={config.sliding_window}: the MLA model would attend to the whole "
+            "context, a different function"
+        )
     if config.attention_bias:
         raise HfAttnError("the source has attention biases, which MLA's q_proj and kv_b_proj cannot hold")
     d = config.head_dim

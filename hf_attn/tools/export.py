@@ -1,4 +1,5 @@
-"""Export hf_attn models to transformers' own classes: Llama for MHA/GQA/MQA, DeepseekV3 for MLA.
+"""Export hf_attn models to transformers' own classes: Llama for MHA/GQA/MQA, DeepseekV3 for MLA,
+Mistral for MHA/GQA/MQA with a sliding window (or without). Performer has no transformers equivalent.
 
 hf_attn uses the same parameter names as those classes, so an export is a config translation plus
 a strict `load_state_dict`: any naming or shape drift fails loudly instead of loading half a model.
@@ -16,6 +17,8 @@ from transformers import (
     DeepseekV3ForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
 )
 
 from ..model.configuration_hf_attn import HfAttnConfig
@@ -26,7 +29,9 @@ from ..utils import HfAttnError, check_weights
 FOLDER_FORMATS = {
     "llama": (("mha", "gqa", "mqa"), "MLA models export with --format deepseek_v3 or gguf"),
     "deepseek_v3": (("mla",), "MHA/GQA/MQA models export with --format llama or gguf"),
+    "mistral": (("mha", "gqa", "mqa"), "MLA models export with --format deepseek_v3 or gguf"),
 }
+NO_EXPORT = "attention_type='performer' has no transformers or llama.cpp equivalent: share it with its remote code"
 
 _SHARED_FIELDS = (
     "vocab_size",
@@ -55,10 +60,23 @@ def _shared(config: HfAttnConfig) -> dict:
 
 
 def llama_config(config: HfAttnConfig) -> LlamaConfig:
-    """The `LlamaConfig` that describes the same network as an MHA/GQA/MQA `config`."""
+    """The `LlamaConfig` that describes the same network as an MHA/GQA/MQA `config` (no sliding window)."""
+    if config.attention_type == "performer":
+        raise HfAttnError(NO_EXPORT)
     if config.attention_type == "mla":
         raise ValueError("attention_type='mla' has no Llama equivalent; use to_deepseek_v3().")
+    if config.sliding_window is not None:
+        raise HfAttnError(f"sliding_window={config.sliding_window}: Llama attends to everything; use to_mistral().")
     return LlamaConfig(**_shared(config), head_dim=config.head_dim, mlp_bias=False)
+
+
+def mistral_config(config: HfAttnConfig) -> MistralConfig:
+    """The `MistralConfig` that describes the same network as an MHA/GQA/MQA `config`, sliding window included."""
+    if config.attention_type == "performer":
+        raise HfAttnError(NO_EXPORT)
+    if config.attention_type == "mla":
+        raise ValueError("attention_type='mla' has no Mistral equivalent; use to_deepseek_v3().")
+    return MistralConfig(**_shared(config), head_dim=config.head_dim, sliding_window=config.sliding_window)
 
 
 def deepseek_v3_config(config: HfAttnConfig) -> DeepseekV3Config:
@@ -67,6 +85,8 @@ def deepseek_v3_config(config: HfAttnConfig) -> DeepseekV3Config:
     Every layer is dense (`first_k_dense_replace = num_hidden_layers`), RoPE is not interleaved and
     there are no multi-token-prediction layers, which is what hf_attn's MLA decoder is.
     """
+    if config.attention_type == "performer":
+        raise HfAttnError(NO_EXPORT)
     if config.attention_type != "mla":
         raise ValueError(f"to_deepseek_v3() needs attention_type='mla', got {config.attention_type!r}.")
     return DeepseekV3Config(
@@ -99,6 +119,14 @@ def to_deepseek_v3(model: HfAttnForCausalLM) -> DeepseekV3ForCausalLM:
     return _export(model, DeepseekV3ForCausalLM, deepseek_v3_config(model.config))
 
 
+def to_mistral(model: HfAttnForCausalLM) -> MistralForCausalLM:
+    """A `MistralForCausalLM` carrying an MHA/GQA/MQA `model`'s weights, with its `sliding_window` (Llama's names)."""
+    return _export(model, MistralForCausalLM, mistral_config(model.config))
+
+
+EXPORTERS = {"llama": to_llama, "deepseek_v3": to_deepseek_v3, "mistral": to_mistral}
+
+
 def load_for_export(model_dir: str) -> tuple[HfAttnForCausalLM, object]:
     """A saved hf_attn model folder's model (float32, eval) and tokenizer; other checkpoints are refused."""
     if not os.path.isdir(model_dir):
@@ -112,7 +140,7 @@ def load_for_export(model_dir: str) -> tuple[HfAttnForCausalLM, object]:
 
 
 def export_folder(model_dir: str, out_dir: str, format: str) -> str:
-    """Write `model_dir` as a plain transformers folder of `format` ("llama" or "deepseek_v3") plus its tokenizer.
+    """Write `model_dir` as a plain transformers folder of `format` (a `FOLDER_FORMATS` key) plus its tokenizer.
 
     The result loads with `AutoModelForCausalLM.from_pretrained(out_dir)` where hf_attn is not
     installed. An attention type the format cannot hold is refused before anything is written.
@@ -120,13 +148,19 @@ def export_folder(model_dir: str, out_dir: str, format: str) -> str:
     if format not in FOLDER_FORMATS:
         raise ValueError(f"format must be one of {sorted(FOLDER_FORMATS)}, got {format!r}")
     model, tokenizer = load_for_export(model_dir)
+    config = model.config
     types, instead = FOLDER_FORMATS[format]
-    if model.config.attention_type not in types:
+    if config.attention_type == "performer":
+        raise HfAttnError(NO_EXPORT)
+    if config.attention_type not in types:
         raise HfAttnError(
-            f"--format {format} holds attention types {', '.join(types)}, not "
-            f"{model.config.attention_type!r}: {instead}"
+            f"--format {format} holds attention types {', '.join(types)}, not {config.attention_type!r}: {instead}"
         )
-    target = to_llama(model) if format == "llama" else to_deepseek_v3(model)
+    if config.sliding_window is not None and format != "mistral":
+        raise HfAttnError(
+            f"--format {format} has no sliding window (the model's is {config.sliding_window}): use --format mistral"
+        )
+    target = EXPORTERS[format](model)
     target.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -121,6 +121,12 @@ def check_exportable(model: HfAttnForCausalLM, tokenizer, dtype: str = "f32") ->
     rope_type = config.rope_parameters.get("rope_type", "default")
     if rope_type != "default":
         raise HfAttnError(f"rope_type={rope_type!r}: only plain RoPE is exported")
+    if config.attention_type == "performer":
+        raise HfAttnError("attention_type='performer': llama.cpp has no FAVOR+ attention")
+    if config.sliding_window is not None:
+        raise HfAttnError(
+            f"sliding_window={config.sliding_window}: llama.cpp's llama architecture attends to the whole context"
+        )
     if config.attention_type == "mla":
         if config.attention_bias:
             raise HfAttnError(
