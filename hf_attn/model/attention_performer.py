@@ -51,8 +51,10 @@ def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator)
     blocks = []
     for _ in range(math.ceil(num_features / dim)):
         gaussian = torch.randn(dim, dim, generator=generator)
-        q, _ = torch.linalg.qr(gaussian)  # (dim, dim), orthonormal columns
-        blocks.append(q.T)
+        q, r = torch.linalg.qr(gaussian)  # (dim, dim), orthonormal columns
+        # QR's sign convention fixes the sign of R's diagonal, which makes Q's columns point one way;
+        # multiplying by those signs gives a uniformly (Haar) distributed Q, and an unbiased estimator.
+        blocks.append((q * torch.sign(torch.diagonal(r))).T)
     rows = torch.cat(blocks)[:num_features]  # (m, dim)
     norms = torch.randn(num_features, dim, generator=generator).norm(dim=1, keepdim=True)  # (m, 1): chi(dim)
     return rows * norms
