@@ -191,10 +191,11 @@ def test_dynamic_cache_holds_only_latent_and_rope_key(make_model, padded_batch):
     assert isinstance(cache, DynamicCache)
     batch, seq = ids.shape
     assert len(cache.layers) == config.num_hidden_layers
+    entry = config.kv_lora_rank + config.qk_rope_head_dim
     for layer in cache.layers:
-        # per-head K/V (B, heads, S, nope + rope) are never stored: one latent "head"
-        assert layer.keys.shape == (batch, 1, seq, config.kv_lora_rank)
-        assert layer.values.shape == (batch, 1, seq, config.qk_rope_head_dim)
+        # per-head K/V (B, heads, S, nope + rope) are never stored: one [c_KV | k^R] "head", no values
+        assert layer.keys.shape == (batch, 1, seq, entry)
+        assert layer.values.shape == (batch, 1, seq, 0)
     per_token = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers) / (batch * seq)
     assert per_token == config.kv_cache_elements_per_token == (config.kv_lora_rank + config.qk_rope_head_dim) * 2
 
@@ -206,10 +207,9 @@ def test_dynamic_cache_holds_only_latent_and_rope_key(make_model, padded_batch):
         cos, sin = model.model.rotary_emb(hidden, torch.arange(seq).unsqueeze(0))  # (1, S, rope)
         first, second = k_rope.chunk(2, dim=-1)  # non-interleaved RoPE, written out independently
         rotated = k_rope * cos + torch.cat((-second, first), dim=-1) * sin  # (B, S, rope)
-        expected_keys = attn.kv_a_layernorm(latent).unsqueeze(1)  # (B, 1, S, r)
-        expected_values = rotated.unsqueeze(1)  # (B, 1, S, rope)
-    assert_close(cache.layers[0].keys, expected_keys, **TOL)
-    assert_close(cache.layers[0].values, expected_values, **TOL)
+        expected_latent = attn.kv_a_layernorm(latent).unsqueeze(1)  # (B, 1, S, r)
+        expected_rope = rotated.unsqueeze(1)  # (B, 1, S, rope)
+    assert_close(cache.layers[0].keys, torch.cat((expected_latent, expected_rope), dim=-1), **TOL)
 
 
 # With sdpa, transformers passes no mask for a prefill into an empty StaticCache (sdpa's is_causal
@@ -257,13 +257,15 @@ def test_static_cache_holds_only_latent_and_rope_key(make_model, padded_batch):
     max_len = cache.layers[0].keys.shape[2]
     assert max_len >= ids.shape[1] + 3
     for layer in cache.layers:
-        assert layer.keys.shape == (2, 1, max_len, config.kv_lora_rank)
-        assert layer.values.shape == (2, 1, max_len, config.qk_rope_head_dim)
+        assert layer.keys.shape == (2, 1, max_len, config.kv_lora_rank + config.qk_rope_head_dim)
+        assert layer.values.shape == (2, 1, max_len, 0)
     # Every token but the last generated one was written, as the same layer-0 latent a DynamicCache
     # holds (layer 0's latent depends only on the token); the remaining slots are still empty.
     filled = out.sequences.shape[1] - 1
     with torch.no_grad():
         dynamic = model(input_ids=out.sequences[:, :filled], use_cache=True).cache
-    assert_close(cache.layers[0].keys[:, :, :filled], dynamic.layers[0].keys, **TOL)
+    # The latent part only: the RoPE part depends on the position ids generate derives from the padding.
+    latent = slice(0, config.kv_lora_rank)
+    assert_close(cache.layers[0].keys[:, :, :filled, latent], dynamic.layers[0].keys[..., latent], **TOL)
     assert cache.layers[0].keys[:, :, filled:].abs().sum() == 0
     assert cache.layers[0].keys[:, :, :filled].abs().amin(dim=-1).ne(0).any()

@@ -100,18 +100,17 @@ class HfAttnMLAttention(nn.Module):
         q_rope = apply_rotary(q_rope, cos, sin)  # (B, T, H, rope)
         k_rope = apply_rotary(k_rope.unsqueeze(2), cos, sin)  # (B, T, 1, rope): one key shared by all heads
         q_nope, q_rope = q_nope.transpose(1, 2), q_rope.transpose(1, 2)  # (B, H, T, dim)
-        # Both are viewed as one head so any transformers cache layer stores them: (B, 1, T, dim)
-        latent = self.kv_a_layernorm(latent).unsqueeze(1)
-        k_rope = k_rope.transpose(1, 2)
-
+        # One cache entry per token, [c_KV | k^R], viewed as one head so any transformers cache layer
+        # stores it: (B, 1, T, r + rope). The "values" slot stays empty (zero width): the absorbed step
+        # reads latent and RoPE key together, in one matmul per side (see `_absorbed_attention`).
+        compressed = torch.cat((self.kv_a_layernorm(latent), k_rope.squeeze(2)), dim=-1).unsqueeze(1)
         if cache is not None:
-            # The cache stores only the latent ("keys") and the RoPE key ("values"): (B, 1, S, dim)
-            latent, k_rope = cache.update(latent, k_rope, self.layer_idx)
+            compressed, _ = cache.update(compressed, compressed[..., :0], self.layer_idx)  # (B, 1, S, r + rope)
 
         if self._absorb(cache, seq_len):
-            output, weights = self._absorbed_attention(q_nope, q_rope, latent, k_rope, attention_mask)
+            output, weights = self._absorbed_attention(q_nope, q_rope, compressed, attention_mask)
         else:
-            output, weights = self._naive_attention(q_nope, q_rope, latent, k_rope, attention_mask, **kwargs)
+            output, weights = self._naive_attention(q_nope, q_rope, compressed, attention_mask, **kwargs)
         output = output.reshape(batch, seq_len, self.num_heads * self.v_head_dim)
         return self.o_proj(output), weights
 
@@ -121,9 +120,12 @@ class HfAttnMLAttention(nn.Module):
             return False
         return mode == "always" or seq_len <= ABSORB_MAX_QUERY_LEN
 
-    def _naive_attention(self, q_nope, q_rope, latent, k_rope, attention_mask, **kwargs):
+    def _naive_attention(self, q_nope, q_rope, compressed, attention_mask, **kwargs):
         """Expand latents to per-head K/V, then attend through the configured kernel."""
-        batch, _, kv_len, _ = latent.shape
+        batch, _, kv_len, _ = compressed.shape
+        latent, k_rope = compressed.split(
+            [self.kv_lora_rank, self.qk_rope_head_dim], dim=-1
+        )  # (B, 1, S, r), (B, 1, S, rope)
         kv = self.kv_b_proj(latent.squeeze(1))  # (B, S, H * (nope + v))
         kv = kv.view(batch, kv_len, self.num_heads, -1).transpose(1, 2)  # (B, H, S, nope + v)
         k_nope, value = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
@@ -165,37 +167,54 @@ class HfAttnMLAttention(nn.Module):
         zero = eye.new_zeros(1, self.kv_lora_rank)
         return (self.kv_b_proj(eye) - self.kv_b_proj(zero)).T  # (H * (nope + v), r)
 
-    def _absorbed_attention(self, q_nope, q_rope, latent, k_rope, attention_mask):
+    def _absorbed_attention(self, q_nope, q_rope, compressed, attention_mask):
         """Attend over the cached latents directly (MQA with one latent "head" shared by all heads).
 
-        score(t, s) = q_nope W_UK c_s + q_rope k^R_s, and out = W_UV (sum_s p(t, s) c_s), so the
-        per-head keys and values are never formed.
+        score(t, s) = q_nope W_UK c_s + q_rope k^R_s = [q_nope W_UK | q_rope] . [c_s | k^R_s], and
+        out = W_UV (sum_s p(t, s) c_s), so the per-head keys and values are never formed. All heads
+        share the one cached entry per token, so the heads fold into the query rows: with sdpa that is
+        one fused pass over the cache (scores, softmax and values blockwise), which reads each cached
+        entry once; the values are the whole entry (the RoPE part of the output is dropped), which
+        keeps the kernel's rows contiguous. Other kernels run the same product as two matmuls.
         """
         batch, heads, seq_len, _ = q_nope.shape
-        kv_len = latent.shape[2]
-        w_kv = self._kv_b_weight(latent).view(heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        kv_len, entry = compressed.shape[2], compressed.shape[3]
+        w_kv = self._kv_b_weight(compressed).view(heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
         w_uk, w_uv = w_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)  # (H, nope, r), (H, v, r)
 
         q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, r): W_UK folded into q
-        # All heads share one latent "head", so heads fold into the query rows: (B, H * T, dim)
-        q_latent = q_latent.reshape(batch, heads * seq_len, self.kv_lora_rank)
-        q_rope = q_rope.reshape(batch, heads * seq_len, self.qk_rope_head_dim)
-        latent, k_rope = latent.squeeze(1), k_rope.squeeze(1)  # (B, S, r), (B, S, rope)
-        scores = torch.baddbmm(
-            torch.bmm(q_rope, k_rope.transpose(1, 2)), q_latent, latent.transpose(1, 2)
-        )  # (B, H * T, S)
-        scores = (scores * self.scaling).view(batch, heads, seq_len, kv_len)
+        query = torch.cat((q_latent, q_rope), dim=-1)  # (B, H, T, r + rope)
+        query = query.reshape(batch, 1, heads * seq_len, entry)  # (B, 1, H * T, r + rope): heads fold into rows
 
         if attention_mask is None and seq_len > 1:
             # transformers drops the mask for sdpa only where sdpa's upper-left `is_causal` is right:
             # q_len == kv_len, or a prefill into an empty static cache whose tail slots must stay
             # unseen. Reproduce that alignment: query i sees keys 0..i.
-            attention_mask = torch.ones(seq_len, kv_len, dtype=torch.bool, device=scores.device).tril()[None, None]
+            attention_mask = torch.ones(seq_len, kv_len, dtype=torch.bool, device=query.device).tril()[None, None]
         if attention_mask is not None:
             attention_mask = attention_mask[..., :kv_len]
-        weights = masked_softmax(scores, attention_mask, q_nope.dtype, self.attention_dropout, self.training)
+            if seq_len > 1:  # one mask row per query token, repeated for every head: (b, 1, H * T, S)
+                rows = attention_mask.shape[0]
+                attention_mask = attention_mask.unsqueeze(2).expand(rows, 1, heads, seq_len, kv_len)
+                attention_mask = attention_mask.reshape(rows, 1, heads * seq_len, kv_len)
 
-        out_latent = torch.bmm(weights.view(batch, heads * seq_len, kv_len), latent)  # (B, H * T, r)
-        out_latent = out_latent.view(batch, heads, seq_len, self.kv_lora_rank)
+        if self.config._attn_implementation == "sdpa":
+            out_entry = nn.functional.scaled_dot_product_attention(
+                query,
+                compressed,
+                compressed,
+                attn_mask=attention_mask,
+                dropout_p=self.attention_dropout if self.training else 0.0,
+                scale=self.scaling,
+            )  # (B, 1, H * T, r + rope)
+            weights = None
+        else:
+            scores = torch.matmul(query, compressed.transpose(2, 3)) * self.scaling  # (B, 1, H * T, S)
+            weights = masked_softmax(scores, attention_mask, q_nope.dtype, self.attention_dropout, self.training)
+            out_entry = torch.matmul(weights, compressed)  # (B, 1, H * T, r + rope)
+            weights = weights.view(batch, heads, seq_len, kv_len)
+        out_latent = out_entry[..., : self.kv_lora_rank].reshape(
+            batch, heads, seq_len, self.kv_lora_rank
+        )  # (B, H, T, r)
         output = torch.einsum("bhtr,hvr->bthv", out_latent, w_uv)  # (B, T, H, v): W_UV folded into o
         return output, weights
