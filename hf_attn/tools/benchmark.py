@@ -8,14 +8,18 @@ drift. Every repetition also flips the order of the models, so neither always ru
 the other.
 """
 
+import copy
 import json
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
@@ -173,3 +177,157 @@ def greedy_decode(
         token = logits[:, -1:].argmax(-1)  # (B, 1)
         tokens.append(token.item())
     return tokens, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding at serving scale: batches, cache implementations, compiled steps, plain generate()
+
+# The ways a decode step can run, as timed by `scripts/bench_decode.py`.
+DECODE_PATHS = {
+    "dynamic": "DynamicCache, eager (transformers' default cache)",
+    "static": "StaticCache, eager",
+    "compiled": "StaticCache, forward under torch.compile (inductor)",
+    "generate": "plain generate(): the cache the model's generation config picks, generate's own loop",
+}
+
+
+def default_cache_implementation(model: torch.nn.Module) -> str:
+    """The cache a plain `generate()` builds for `model`: its generation config's, else a DynamicCache."""
+    return getattr(model.generation_config, "cache_implementation", None) or "dynamic"
+
+
+def new_cache(model: torch.nn.Module, cache_implementation: str, max_cache_len: int) -> Cache:
+    """An empty cache of the kind `generate(cache_implementation=...)` builds ("dynamic" or "static")."""
+    if cache_implementation == "dynamic":
+        return DynamicCache(config=model.config)
+    if cache_implementation == "static":
+        return StaticCache(config=model.config, max_cache_len=max_cache_len)
+    raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
+
+
+def _repeat_batch(value, batch: int):
+    """`value` with its batch axis (dim 0, size 1) repeated `batch` times; dicts of tensors element-wise."""
+    if isinstance(value, dict):
+        return {key: _repeat_batch(v, batch) for key, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == 1:
+        return value.repeat_interleave(batch, dim=0)
+    return value
+
+
+def expand_cache_batch(cache: Cache, batch: int) -> Cache:
+    """Copy a batch-1 cache `batch` times along the batch axis, in place, for any layer type.
+
+    transformers' `batch_repeat_interleave` exists for dynamic layers only; static and linear-attention
+    layers hold the same kind of (1, ...) tensors (keys/values, or recurrent states), repeated here.
+    """
+    for layer in cache.layers:
+        for name, value in list(vars(layer).items()):
+            setattr(layer, name, _repeat_batch(value, batch))
+        if hasattr(layer, "batch_size"):
+            layer.batch_size = batch
+    return cache
+
+
+@torch.inference_mode()
+def filled_cache(model, prompt: torch.Tensor, cache_implementation: str, max_cache_len: int, source=None):
+    """A batch-1 cache of the given kind holding `prompt` (1, T), and the greedy next token (1, 1).
+
+    `source`, the (DynamicCache, token) of an earlier call with the same model and prompt, is copied
+    into the new cache instead of running the prompt again where every layer is a plain full-attention
+    layer (sliding-window and linear-attention layers keep a different state, and run the prompt).
+    """
+    if source is not None and all(type(layer) is DynamicLayer for layer in source[0].layers):
+        if cache_implementation == "dynamic":
+            return copy.deepcopy(source[0]), source[1]
+        cache = new_cache(model, cache_implementation, max_cache_len)
+        for i, layer in enumerate(source[0].layers):
+            cache.update(layer.keys, layer.values, i)
+        return cache, source[1]
+    cache = new_cache(model, cache_implementation, max_cache_len)
+    logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits
+    return cache, logits[:, -1:].argmax(-1)  # (1, 1)
+
+
+@torch.inference_mode()
+def decode_steps(step: Callable, cache: Cache, token: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+    """`steps` greedy decode steps for a batch: `token` (B, 1) at position `start`, the cache extended.
+
+    `step` is the model or its compiled forward. Position ids are passed, as generate does, so a
+    compiled step needs no data-dependent arange. Returns the new tokens, (B, steps).
+    """
+    tokens = []
+    for i in range(steps):
+        position_ids = torch.full((1, 1), start + i, dtype=torch.long)  # (1, 1): one position for the batch
+        logits = step(input_ids=token, position_ids=position_ids, cache=cache, use_cache=True).logits
+        token = logits[:, -1:].argmax(-1)  # (B, 1)
+        tokens.append(token)
+    return torch.cat(tokens, dim=1)
+
+
+@torch.inference_mode()
+def generate_steps(model, cache: Cache, prompt: torch.Tensor, token: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` greedy tokens from `model.generate()`, continuing a cache that holds `prompt` (B, T).
+
+    generate feeds only what the cache lacks (the token after the prompt), so this times generate's own
+    loop (input preparation, logits processors, stopping criteria) on the cache a plain call builds.
+    """
+    config = copy.deepcopy(model.generation_config)
+    config.cache_implementation = None  # the cache is passed in: generate refuses both
+    config.update(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0)
+    # generate slices off what a cache holds by its length; a cache of linear-attention states has no
+    # length (transformers skips the slicing for it), so it is given only the new token.
+    linear = all(getattr(cache, "is_linear", [False]))
+    ids = token if linear else torch.cat((prompt, token), dim=1)  # (B, 1) or (B, T + 1)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, generation_config=config)
+    return out[:, ids.shape[1] :]  # (B, steps)
+
+
+def return_freed_memory() -> None:
+    """Make glibc give every large freed block back to the system at once, so `PeakRSS` sees each run.
+
+    glibc serves blocks from 128 KiB up with mmap, but raises that threshold after such a block is
+    freed, and later blocks then come from the heap and stay resident. Fixing the threshold
+    (mallopt M_MMAP_THRESHOLD) turns that off. Does nothing where libc is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled from a thread every `interval` seconds.
+
+    CPU tensors have no allocator statistics like `torch.cuda.max_memory_allocated`; large tensors
+    are mmap'd and returned to the system when freed, so the resident set follows them closely.
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak_bytes = 0
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self.rss() - self.start)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self.rss() - self.start)
