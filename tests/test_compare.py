@@ -1,20 +1,32 @@
-"""The comparison job: `scripts/compare.py --quick` trains real variants in seconds and reports them."""
+"""The comparison job: `scripts/compare.py --quick` trains real variants in seconds and reports them.
 
+Two runs: the six designs with one seed (plus a variant that must fail), and a sweep of the K/V-head
+range with two seeds, whose statistics, frontier and plots are recomputed here from results.json.
+"""
+
+import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
 
 import pytest
 
+from hf_attn.tools.compare_plots import plot_curves, plot_quality_vs_cache
+from hf_attn.tools.compare_stats import pareto_frontier
+from hf_attn.tools.sweep import FAMILIES, sweep_variants
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = {
+    "seed",
     "attention_type",
     "params",
     "attention_params",
     "kv_cache_bytes_per_token",
+    "kv_cache_bytes_at_block",
     "val_loss",
     "val_bits_per_char",
     "train_tokens_per_s",
@@ -22,48 +34,52 @@ REQUIRED_KEYS = {
     "model_dir",
     "status",
 }
+DESIGNS = ["mha", "gqa", "mqa", "mla", "swa", "performer"]
 BAD_VARIANT = "gqa:num_key_value_heads=3"  # 3 does not divide the tiny preset's 4 heads
+BLOCK = 32  # the --quick block size
+
+
+def run_compare(out, *flags):
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--quick", "--no-progress"]
+    start = time.perf_counter()
+    cmd += ["--output-dir", str(out), *flags]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    elapsed = time.perf_counter() - start
+    assert os.path.isfile(out / "results.json"), proc.stderr[-3000:]
+    with open(out / "results.json") as f:
+        return proc, json.load(f), elapsed
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "run"
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "scripts", "compare.py"),
-        "--quick",
-        "--no-progress",
-        "--output-dir",
-        str(out),
-        "--variants",
-        "mha",
-        "gqa",
-        "mqa",
-        "mla",
-        BAD_VARIANT,
-    ]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    elapsed = time.perf_counter() - start
-    with open(out / "results.json") as f:
-        results = json.load(f)
+    proc, results, elapsed = run_compare(out, "--variants", *DESIGNS, BAD_VARIANT)
     return out, proc, results, elapsed
 
 
-def test_quick_run_finishes_within_a_minute(quick_run):
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """The K/V-head range of the tiny preset (1, 2, 4 heads) with seeds 0 and 1: six short runs."""
+    out = tmp_path_factory.mktemp("compare") / "sweep"
+    proc, results, _ = run_compare(out, "--sweep", "--seeds", "0,1", "--variants", "gqa")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, results
+
+
+def test_quick_run_finishes_within_ninety_seconds(quick_run):
     _, proc, results, elapsed = quick_run
-    assert len(results) == 5
-    assert elapsed < 60, f"--quick took {elapsed:.0f} s"
+    assert len(results["runs"]) == 7
+    assert elapsed < 90, f"--quick took {elapsed:.0f} s"
 
 
 def test_failed_variant_is_reported_and_the_others_kept(quick_run):
     out, proc, results, _ = quick_run
     assert proc.returncode == 1  # a failed variant makes the command fail, after the others ran
-    by_name = {r["variant"]: r for r in results}
+    by_name = {r["variant"]: r for r in results["runs"]}
     bad = by_name[BAD_VARIANT]
     assert bad["status"] == "failed"
     assert "num_key_value_heads" in bad["error"] and "ValueError" in bad["error"]
-    for name in ("mha", "gqa", "mqa", "mla"):
+    for name in DESIGNS:
         assert by_name[name]["status"] == "ok", by_name[name]
         assert os.path.isfile(os.path.join(by_name[name]["model_dir"], "model.safetensors"))
     report = (out / "report.md").read_text()
@@ -72,24 +88,40 @@ def test_failed_variant_is_reported_and_the_others_kept(quick_run):
 
 def test_results_have_the_required_keys(quick_run):
     _, _, results, _ = quick_run
-    for record in results:
+    for record in results["runs"]:
         assert REQUIRED_KEYS <= set(record), REQUIRED_KEYS - set(record)
-    assert [r["attention_type"] for r in results[:4]] == ["mha", "gqa", "mqa", "mla"]
+    types = [r["attention_type"] for r in results["runs"][:6]]
+    assert types == ["mha", "gqa", "mqa", "mla", "mha", "performer"]  # swa is mha with a window
+    swa, performer = results["runs"][4], results["runs"][5]
+    assert swa["config"]["sliding_window"] == BLOCK // 4 and swa["config"]["seed"] == 0
+    assert performer["config"]["performer_features"] is not None and performer["config"]["sliding_window"] is None
+
+
+def expected_cache_bytes(cfg: dict, tokens: int) -> int:
+    """The cache a design holds after `tokens` tokens, from its dims (float32: 4 bytes an element)."""
+    if cfg["attention_type"] == "mla":
+        per_layer = (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * tokens
+    elif cfg["attention_type"] == "performer":  # per K/V head: sum of phi(k) v^T (m x d) and of phi(k) (m)
+        per_layer = cfg["num_key_value_heads"] * cfg["performer_features"] * (cfg["head_dim"] + 1)
+    else:  # transformers' sliding-window layer keeps the last window - 1 keys and values
+        kept = tokens if cfg["sliding_window"] is None else min(tokens, cfg["sliding_window"] - 1)
+        per_layer = 2 * cfg["num_key_value_heads"] * cfg["head_dim"] * kept
+    return per_layer * cfg["num_hidden_layers"] * 4
 
 
 def test_kv_cache_bytes_equal_the_formula(quick_run):
     _, _, results, _ = quick_run
-    for r in (r for r in results if r["status"] == "ok"):
-        cfg = r["config"]
-        if r["attention_type"] == "mla":
-            per_layer = cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]
-        else:
-            per_layer = 2 * cfg["num_key_value_heads"] * cfg["head_dim"]
-        formula = per_layer * cfg["num_hidden_layers"] * 4  # float32 cache
-        assert r["kv_cache_bytes_per_token"] == formula == r["kv_cache_formula_bytes_per_token"]
+    ok = [r for r in results["runs"] if r["status"] == "ok"]
+    for r in ok:
+        measured = r["kv_cache_bytes_at_block"]
+        assert measured == expected_cache_bytes(r["config"], BLOCK) == r["kv_cache_formula_bytes_at_block"], r
+        assert r["kv_cache_bounded"] == (r["variant"] in ("swa", "performer"))
+        if not r["kv_cache_bounded"]:
+            assert r["kv_cache_bytes_per_token"] * BLOCK == measured == r["kv_cache_formula_bytes_per_token"] * BLOCK
         assert r["attention_params"] == r["attention_params_formula"]
-    mha, mqa = results[0], results[2]
+    mha, mqa, swa = ok[0], ok[2], ok[4]
     assert mha["kv_cache_bytes_per_token"] == 4 * mqa["kv_cache_bytes_per_token"]  # tiny preset: 4 heads
+    assert swa["kv_cache_bytes_at_block"] * BLOCK == mha["kv_cache_bytes_at_block"] * (BLOCK // 4 - 1)
 
 
 def test_report_numbers_match_results_json(quick_run):
@@ -98,20 +130,32 @@ def test_report_numbers_match_results_json(quick_run):
     rows = {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
         for line in report.splitlines()
-        if re.match(r"^\| (mha|gqa|mqa|mla) \| ok", line)
+        if re.match(r"^\| (mha|gqa|mqa|mla|swa|performer) \| ok", line)
     }
-    assert set(rows) == {"mha", "gqa", "mqa", "mla"}
-    for r in results[:4]:
+    assert set(rows) == set(DESIGNS)
+    for r in results["runs"][:6]:
         row = rows[r["variant"]]
         assert row[2] == f"{r['params']:,}"
         assert row[3] == f"{r['attention_params']:,}"
-        assert row[4].startswith(f"{r['kv_cache_bytes_per_token']:,.0f} ")
-        assert row[5] == f"{r['val_loss']:.4f}"
-        assert row[7] == f"{r['val_bits_per_char']:.4f}"
-        assert row[9] == f"{r['decode_tokens_per_s']:,.1f}"
+        per_token = "bounded" if r["kv_cache_bounded"] else f"{r['kv_cache_bytes_per_token']:,.0f}"
+        assert row[4].startswith(per_token + " (")
+        assert row[5] == f"{r['kv_cache_bytes_at_block']:,} ({r['kv_cache_formula_bytes_at_block']:,})"
+        assert row[6] == f"{r['val_loss']:.4f}"
+        assert row[8] == f"{r['val_bits_per_char']:.4f}"
+        assert row[10] == f"{r['decode_tokens_per_s']:,.1f}"
     for plot in ("bpc_vs_tokens.png", "quality_vs_kv_cache.png"):
         assert (out / plot).stat().st_size > 10_000
         assert f"]({plot})" in report
+    assert "## Over seeds" not in report  # one seed: no spread to report
+
+
+def test_one_seed_draws_lines_without_bands(quick_run, tmp_path):
+    _, _, results, _ = quick_run
+    drawn = plot_curves(str(tmp_path / "curves.png"), results["runs"])
+    assert set(drawn) == set(DESIGNS)
+    for r in results["runs"][:6]:
+        assert drawn[r["variant"]]["band"] is None
+        assert drawn[r["variant"]]["mean"] == [h["val_bits_per_char"] for h in r["history"]]
 
 
 def test_trained_variant_loads_in_a_pipeline(quick_run):
@@ -120,7 +164,93 @@ def test_trained_variant_loads_in_a_pipeline(quick_run):
     import hf_attn  # noqa: F401  registers the classes
 
     _, _, results, _ = quick_run
-    mla = results[3]
+    mla = results["runs"][3]
     generator = pipeline("text-generation", model=mla["model_dir"])
     text = generator("And God said", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("And God said") and len(text) > len("And God said")
+
+
+# ---------------------------------------------------------------- seeds and the sweep
+
+
+def test_every_sweep_point_trains_once_per_seed_on_the_same_data(sweep_run):
+    _, results = sweep_run
+    specs = sweep_variants("tiny", BLOCK, ["gqa"])
+    assert specs == ["mqa", "gqa:num_key_value_heads=2", "mha"]
+    assert [(r["variant"], r["seed"]) for r in results["runs"]] == [(v, s) for s in (0, 1) for v in specs]
+    assert all(r["status"] == "ok" and r["config"]["seed"] == r["seed"] for r in results["runs"])
+    hashes = {s: {r["first_batch_hash"] for r in results["runs"] if r["seed"] == s} for s in (0, 1)}
+    assert len(hashes[0]) == len(hashes[1]) == 1 and hashes[0] != hashes[1]  # same order per seed, not across
+
+
+def recomputed(results):
+    """Mean, sd and the paired 95% interval to MHA per variant, from the per-seed runs alone."""
+    stats = pytest.importorskip("scipy.stats")
+    runs = results["runs"]
+    bpc = {(r["variant"], r["seed"]): r["val_bits_per_char"] for r in runs}
+    out = {}
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        values = [bpc[(variant, s)] for s in (0, 1)]
+        diffs = [bpc[(variant, s)] - bpc[("mha", s)] for s in (0, 1)]
+        half = stats.t.ppf(0.975, 1) * statistics.stdev(diffs) / 2**0.5 if variant != "mha" else None
+        out[variant] = (statistics.mean(values), statistics.stdev(values), statistics.mean(diffs), half)
+    return out
+
+
+def test_summary_and_report_recompute_from_the_per_seed_numbers(sweep_run):
+    out, results = sweep_run
+    report = (out / "report.md").read_text()
+    table = report[report.index("## Over seeds") :]
+    for variant, (mean, sd, diff, half) in recomputed(results).items():
+        summary = next(v for v in results["summary"]["variants"] if v["variant"] == variant)
+        assert summary["val_bits_per_char"] == pytest.approx(mean, abs=1e-12)
+        assert summary["val_bits_per_char_std"] == pytest.approx(sd, abs=1e-12)
+        row = next(line for line in table.splitlines() if line.startswith(f"| {variant} |"))
+        assert f"{mean:.4f} ± {sd:.4f} (n=2)" in row
+        if variant == "mha":
+            assert "reference" in row
+            continue
+        paired = summary["paired_vs_mha"]
+        assert paired["mean"] == pytest.approx(diff, abs=1e-12)
+        assert paired["half_width"] == pytest.approx(half, abs=5e-4 * half)  # the table's t: 12.706
+        rule = "beats MHA" if diff + half < 0 else "trails MHA" if diff - half > 0 else "within the seed spread"
+        assert paired["verdict"] == rule
+        assert f"{paired['mean']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}] | {rule} |" in row
+        assert f"**{variant}**: {rule}" in report
+
+
+def test_every_point_is_on_the_frontier_plot(sweep_run, tmp_path):
+    out, results = sweep_run
+    expected = {
+        v: (r["kv_cache_bytes_at_block"], mean, sd)
+        for v, (mean, sd, _, _) in recomputed(results).items()
+        for r in results["runs"][:3]
+        if r["variant"] == v
+    }
+    points = list(expected.values())
+    frontier = [list(expected)[i] for i in pareto_frontier([(x, y) for x, y, _ in points])]
+    assert results["frontier"] == frontier
+    family = lambda name: FAMILIES.get(name.partition(":")[0])  # noqa: E731
+    drawn = plot_quality_vs_cache(
+        str(tmp_path / "f.png"), results["summary"]["variants"], BLOCK, results["frontier"], family
+    )
+    assert set(drawn["points"]) == set(expected)
+    for variant, (x, y, yerr) in drawn["points"].items():
+        assert (x, y, yerr) == pytest.approx(expected[variant], rel=1e-9)
+    assert drawn["frontier"] == pytest.approx([expected[v][:2] for v in frontier], rel=1e-9)
+    report = (out / "report.md").read_text()
+    assert (out / "sweep_frontier.png").stat().st_size > 10_000 and "](sweep_frontier.png)" in report
+    sweep = report[report.index("## Sweep") : report.index("## Over seeds")]
+    assert [v for v in expected if f"| {v} |" in sweep] == frontier  # the frontier table, by increasing cache
+
+
+def test_curves_have_bands_over_seeds(sweep_run, tmp_path):
+    _, results = sweep_run
+    drawn = plot_curves(str(tmp_path / "curves.png"), results["runs"])
+    for variant in drawn:
+        runs = [r for r in results["runs"] if r["variant"] == variant]
+        finals = [r["history"][-1]["val_bits_per_char"] for r in runs]
+        assert drawn[variant]["mean"][-1] == pytest.approx(statistics.mean(finals), abs=1e-12)
+        every = [h["val_bits_per_char"] for r in runs for h in r["history"]]
+        assert drawn[variant]["band"] == pytest.approx({"low": min(every), "high": max(every)}, abs=1e-12)
+    assert list(itertools.chain(drawn)) == ["mqa", "gqa:num_key_value_heads=2", "mha"]

