@@ -29,13 +29,14 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from hf_attn import HfAttnConfig
-from hf_attn.model.configuration_hf_attn import ATTENTION_TYPES
 from hf_attn.tools.benchmark import (
+    DECODE_MLA_DIMS,
     DECODE_PATHS,
+    DECODE_TRUNK,
     PeakRSS,
     alternating_order,
     build_model,
+    decode_configs,
     decode_steps,
     default_cache_implementation,
     expand_cache_batch,
@@ -48,27 +49,11 @@ from hf_attn.tools.benchmark import (
 from hf_attn.utils import cache_bytes, format_table
 
 TWINS = {"deepseek_v3": "mla", "llama": "mha"}  # transformers' class -> the hf_attn model whose weights it carries
-TRUNK = dict(hidden_size=512, num_attention_heads=8, num_hidden_layers=4, intermediate_size=1376)
-MLA_DIMS = dict(kv_lora_rank=128, qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64)
-
-
-def model_configs(args, max_positions: int) -> dict[str, HfAttnConfig]:
-    """One config per hf_attn design of the comparison, on the same trunk."""
-    # Weights 4x the default spread: random logits then have clear maxima, so greedy tokens can be
-    # compared across paths (with std 0.02 the top logits of a random model nearly tie).
-    trunk = dict(TRUNK, vocab_size=args.vocab_size, max_position_embeddings=max_positions, initializer_range=0.08)
-    configs = {}
-    for attention_type in ATTENTION_TYPES:
-        extra = MLA_DIMS if attention_type == "mla" else dict(head_dim=64)
-        configs[attention_type] = HfAttnConfig(**trunk, attention_type=attention_type, **extra)
-    if args.window and "sliding_window" in HfAttnConfig().to_dict():
-        configs["mha_window"] = HfAttnConfig(**trunk, attention_type="mha", head_dim=64, sliding_window=args.window)
-    return configs
 
 
 def build_models(args, max_positions: int) -> tuple[dict, dict]:
     """The models of the comparison in eval mode, and the hf_attn config behind each (twins: their source's)."""
-    configs = model_configs(args, max_positions)
+    configs = decode_configs(args.vocab_size, max_positions, args.window)
     models = {name: build_model(config, args.attn, args.seed).eval() for name, config in configs.items()}
     for twin, source in TWINS.items():
         if source in models and args.twins:
@@ -253,7 +238,8 @@ def main() -> None:
     models, configs = build_models(args, max(args.contexts) + 1 + args.steps)
     compiled = {name: torch.compile(model, dynamic=False) for name, model in models.items()}
     print(f"torch {torch.__version__}, {args.threads} threads, float32, attn_implementation={args.attn}")
-    print(f"trunk: {TRUNK}, vocab {args.vocab_size}; MLA {MLA_DIMS}; others head_dim 64; window {args.window}")
+    print(f"trunk: {DECODE_TRUNK}, vocab {args.vocab_size}; MLA {DECODE_MLA_DIMS}; others head_dim 64")
+    print(f"mha_window: MHA with sliding_window {args.window}")
     print(f"{args.steps} timed steps per run, {args.repeats} repeats, models and paths alternating")
     print(
         "default cache of a plain generate(): "

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from ..model.configuration_hf_attn import HfAttnConfig
+from ..model.configuration_hf_attn import ATTENTION_TYPES, HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
 from ..utils import cache_bytes, environment, format_table
 from .export import to_deepseek_v3, to_llama
@@ -189,6 +189,27 @@ DECODE_PATHS = {
     "compiled": "StaticCache, forward under torch.compile (inductor)",
     "generate": "plain generate(): the cache the model's generation config picks, generate's own loop",
 }
+
+
+# The decode and capacity benchmarks' trunk (the README's decode numbers use it), and MLA's dims on it.
+DECODE_TRUNK = dict(hidden_size=512, num_attention_heads=8, num_hidden_layers=4, intermediate_size=1376)
+DECODE_MLA_DIMS = dict(kv_lora_rank=128, qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64)
+
+
+def decode_configs(vocab_size: int, max_positions: int, window: int | None) -> dict[str, HfAttnConfig]:
+    """One config per design on `DECODE_TRUNK`: every attention type, and MHA with a sliding `window`.
+
+    Weights are drawn 4x wider than the default (initializer_range 0.08): random logits then have clear
+    maxima, so greedy tokens can be compared across paths (with 0.02 the top logits nearly tie).
+    """
+    trunk = dict(DECODE_TRUNK, vocab_size=vocab_size, max_position_embeddings=max_positions, initializer_range=0.08)
+    configs = {}
+    for attention_type in ATTENTION_TYPES:
+        extra = DECODE_MLA_DIMS if attention_type == "mla" else dict(head_dim=64)
+        configs[attention_type] = HfAttnConfig(**trunk, attention_type=attention_type, **extra)
+    if window:
+        configs["mha_window"] = HfAttnConfig(**trunk, attention_type="mha", head_dim=64, sliding_window=window)
+    return configs
 
 
 def default_cache_implementation(model: torch.nn.Module) -> str:
@@ -372,7 +393,7 @@ def check_capacity(cache: Cache, budget_bytes: int) -> dict:
 
 
 def plot_capacity(path: str, counts: dict[str, int], title: str) -> dict[str, float]:
-    """Horizontal bars of sequences held per design, log scale; returns the bar lengths drawn."""
+    """Horizontal bars of sequences held per design; returns the bar lengths drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,9 +402,8 @@ def plot_capacity(path: str, counts: dict[str, int], title: str) -> dict[str, fl
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(counts) + 1.5))
     bars = ax.barh(list(counts), list(counts.values()), color="C0")
     ax.bar_label(bars, labels=[f"{n:,}" for n in counts.values()], padding=3)
-    ax.set_xscale("log")
     ax.invert_yaxis()  # first design on top
-    ax.set_xlabel("sequences held (log scale)")
+    ax.set_xlabel("sequences held")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
