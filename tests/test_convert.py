@@ -22,7 +22,7 @@ from hf_attn.tools.convert import (
 from hf_attn.train import CorpusSpec, ModelOptions, TrainArgs, train
 from hf_attn.train.data import build_lm_data
 from hf_attn.train.evaluation import evaluate_loss
-from hf_attn.utils import read_jsonl
+from hf_attn.utils import HfAttnError, read_jsonl
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CORPUS = CorpusSpec(max_chars=100_000)
@@ -243,6 +243,10 @@ def test_unsupported_sources_are_refused(tmp_path):
         convert_to_mla(tiny("mla"), 16, 8)
     with pytest.raises(Exception, match="attention biases"):
         convert_to_mla(tiny("mha", attention_bias=True), 16, 8)
+    with pytest.raises(HfAttnError, match="Performer: FAVOR\\+ has no softmax keys"):
+        convert_to_mla(tiny("performer"), 16, 8)
+    with pytest.raises(HfAttnError, match="sliding_window=8: the MLA model would attend to the whole context"):
+        convert_to_mla(tiny("gqa", sliding_window=8), 16, 8)
     config = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     scaled = LlamaConfig(**config, rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0})
     with pytest.raises(Exception, match="rope_type 'linear'"):

@@ -12,8 +12,9 @@ import torch
 from conftest import entry_point
 from test_hub import free_port, make_run_folder, stop, wait_for_http
 
+from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.cli.demo import main as demo_main
-from hf_attn.tools.demo import ERROR_PREFIX, load_models, stream_all
+from hf_attn.tools.demo import ERROR_PREFIX, LoadedModel, load_models, stream_all
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
@@ -137,3 +138,15 @@ def set_number(page, elem_id: str, value: str):
     box = page.locator(f"{elem_id} input[type=number]")
     box.fill(value)
     box.press("Tab")
+
+
+def test_info_shows_bounded_caches():
+    performer = HfAttnForCausalLM(HfAttnConfig.from_preset("tiny", attention_type="performer"))
+    info = LoadedModel("p", performer, None).info
+    # 2 layers x 4 K/V heads x 64 features x (16 + 1), float32 sums
+    assert "attention: `performer`" in info and "decode state: 8,704 elements = " in info and "at any context" in info
+    window = HfAttnForCausalLM(HfAttnConfig.from_preset("tiny", attention_type="gqa", sliding_window=16))
+    info = LoadedModel("w", window, None).info
+    # 128 elements x 4 bytes per token up to the window; the cache holds 15 tokens at any longer context
+    assert "KV cache: 128 elements/token = 512 B/token in float32 up to the 16-token window" in info
+    assert "7.5 KiB at the full 256-token context" in info

@@ -17,11 +17,16 @@ TOKENIZER_DIR = os.path.join(os.path.dirname(__file__), "..", "tokenizer")
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """{attention type: folder} holding a tiny saved model (mha, mla) and the project's tokenizer."""
+    """{design: folder} holding a tiny saved model (mha, mla, performer, swa) and the project's tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     folders = {}
-    for attention_type in ("mha", "mla"):
-        config = HfAttnConfig.from_preset("tiny", attention_type=attention_type, vocab_size=len(tokenizer))
+    for attention_type in ("mha", "mla", "performer", "swa"):
+        design = (
+            dict(attention_type="gqa", sliding_window=8)
+            if attention_type == "swa"
+            else dict(attention_type=attention_type)
+        )
+        config = HfAttnConfig.from_preset("tiny", **design, vocab_size=len(tokenizer))
         folder = tmp_path_factory.mktemp(attention_type)
         randomize_(HfAttnForCausalLM(config)).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -78,6 +83,12 @@ def test_refusals_name_the_problem(saved, tmp_path, capsys):
         "'mha'",
         "--format llama or gguf",
     )
+    expect_error(capsys, [saved["performer"], "--out", str(tmp_path / "p.gguf")], "llama.cpp has no FAVOR+")
+    for format in ("llama", "deepseek_v3"):
+        out = str(tmp_path / "p")
+        expect_error(capsys, [saved["performer"], "--format", format, "--out", out], "'performer' has no transformers")
+    expect_error(capsys, [saved["swa"], "--out", str(tmp_path / "s.gguf")], "sliding_window=8")
+    expect_error(capsys, [saved["swa"], "--format", "llama", "--out", str(tmp_path / "s")], "sliding_window=8")
     expect_error(capsys, [saved["mha"]], "--out is required")
     expect_error(capsys, ["--out", str(tmp_path / "c.gguf")], "MODEL_DIR")
     expect_error(capsys, [str(tmp_path / "missing"), "--out", str(tmp_path / "d.gguf")], "no such model folder")
@@ -90,3 +101,17 @@ def test_refusals_name_the_problem(saved, tmp_path, capsys):
 def test_entry_point_is_installed():
     result = subprocess.run([*entry_point("hf-attn-export"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--format {gguf,llama,deepseek_v3}" in result.stdout
+
+
+def test_sliding_window_model_exports_as_mistral(saved, tmp_path):
+    from transformers import MistralForCausalLM
+
+    from hf_attn.tools.export import export_folder
+
+    out = export_folder(saved["swa"], str(tmp_path / "mistral"), "mistral")
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    assert type(exported) is MistralForCausalLM and exported.config.sliding_window == 8
+    ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))  # longer than the window
+    with torch.no_grad():
+        expected = HfAttnForCausalLM.from_pretrained(saved["swa"])(ids).logits
+        torch.testing.assert_close(exported(ids).logits, expected, rtol=1e-4, atol=1e-5)

@@ -36,6 +36,7 @@ EXPECTED_FILES = {
     "attention.py",
     "attention_utils.py",
     "attention_mla.py",
+    "attention_performer.py",
     "tokenizer.json",
     "tokenizer_config.json",
     "loss.png",
@@ -366,3 +367,19 @@ def test_invalid_folders_are_refused(run_dir, tmp_path):
     with pytest.raises(HubError, match="USER/NAME"):
         push_to_hub(run_dir, "no-namespace", dry_run_dir=tmp_path / "out4")
     assert not any((tmp_path / f"out{i}").exists() for i in range(1, 5))
+
+
+@pytest.mark.parametrize("attention_type, overrides", [("performer", {}), ("gqa", {"sliding_window": 32})])
+def test_card_describes_bounded_caches(tmp_path, attention_type, overrides):
+    config = HfAttnConfig.from_preset("tiny", attention_type=attention_type, **overrides)
+    HfAttnForCausalLM(config).save_pretrained(tmp_path)
+    text = hub.build_model_card(tmp_path, repo_id=REPO_ID).text
+    if attention_type == "performer":
+        state = 2 * 4 * 64 * 17  # layers x K/V heads x features (4 d_h) x (head_dim + 1)
+        assert f"| decode state (FAVOR+) | {state:,} elements" in text and "whatever the context length" in text
+        assert "KV cache per token" not in text
+    else:
+        per_token = 2 * 2 * 16 * 2  # 2 x K/V heads x head_dim x layers
+        assert "| sliding window | 32 tokens" in text
+        # at the full 256-token context the cache holds the last 31 tokens, 4 bytes each
+        assert f"| KV cache at full context | {hub.format_bytes(per_token * 31 * 4)} per sequence" in text

@@ -11,7 +11,7 @@ from hf_attn.integrations.lora import lora_target_modules
 
 peft = pytest.importorskip("peft")
 pytestmark = pytest.mark.usefixtures("single_thread")
-ATTENTION_TYPES = ["mha", "gqa", "mqa", "mla"]
+ATTENTION_TYPES = ["mha", "gqa", "mqa", "mla", "performer", "swa"]  # swa: sliding-window GQA (conftest)
 # A text unlike the training corpus (the King James Bible), for the fine-tune.
 NEW_TEXT = "".join(f"order {i}: {i % 7} crates of {['apples', 'pears', 'plums'][i % 3]} to dock {i % 5}.\n"
                    for i in range(400))  # fmt: skip

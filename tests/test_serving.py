@@ -17,7 +17,7 @@ from hf_attn.cli.train import main as train_main
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.mark.parametrize("attention_type", ["gqa", "mla"])
+@pytest.mark.parametrize("attention_type", ["gqa", "mla", "performer", "swa"])
 def test_streamers_give_the_generated_text(make_model, byte_tokenizer, attention_type, capsys):
     model = make_model(attention_type)
     prompt = byte_tokenizer("And God said, Let there be light", return_tensors="pt")

@@ -81,16 +81,16 @@ def causal_linear_attention(
     values: torch.Tensor,
     chunk_size: int,
     state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal sum_{j<=i} (phi(q_i) . phi(k_j)) v_j for every i, chunk by chunk, continuing from `state`.
 
     query_features (B, kv, g, T, m): g query heads share each K/V head; key_features (B, kv, T, m);
-    values (B, kv, T, e); state (B, kv, m, e) = sum of phi(k) v^T over the positions before these.
-    Returns the outputs (B, kv, g, T, e) and the state after the last position.
+    values (B, kv, T, e); state (B, kv, m, e) = sum of phi(k) v^T over the positions before these
+    (None: no positions before). Returns the outputs (B, kv, g, T, e) and, if `return_state`, the
+    state after the last position (a forward pass without a cache skips the last update).
     """
-    batch, kv_heads, _, seq_len, m = query_features.shape
-    if state is None:
-        state = values.new_zeros(batch, kv_heads, m, values.shape[-1])
+    seq_len = query_features.shape[3]
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=values.device).tril()
     outputs = []
     for start in range(0, seq_len, chunk_size):
@@ -100,10 +100,13 @@ def causal_linear_attention(
         size = k.shape[2]
         scores = torch.einsum("bhgtm,bhsm->bhgts", q, k)  # (B, kv, g, C, C): the exact kernel inside the chunk
         scores = scores.masked_fill(~causal[:size, :size], 0.0)
-        inside = torch.einsum("bhgts,bhse->bhgte", scores, v)
-        before = torch.einsum("bhgtm,bhme->bhgte", q, state)  # the prefix, through the carried state
-        outputs.append(inside + before)
-        state = state + torch.einsum("bhsm,bhse->bhme", k, v)
+        output = torch.einsum("bhgts,bhse->bhgte", scores, v)
+        if state is not None:  # the prefix, through the carried state
+            output = output + torch.einsum("bhgtm,bhme->bhgte", q, state)
+        outputs.append(output)
+        if return_state or start + chunk_size < seq_len:
+            update = torch.einsum("bhsm,bhse->bhme", k, v)  # (B, kv, m, e)
+            state = update if state is None else state + update
     return torch.cat(outputs, dim=3), state
 
 
@@ -201,7 +204,9 @@ class HfAttnPerformerAttention(nn.Module):
         values = torch.cat((value.float(), value.new_ones(batch, kv, seq_len, 1, dtype=torch.float32)), dim=-1)
 
         state = _cached_state(cache, self.layer_idx) if cache is not None else None
-        output, state = causal_linear_attention(query_features, key_features, values, self.chunk_size, state)
+        output, state = causal_linear_attention(
+            query_features, key_features, values, self.chunk_size, state, return_state=cache is not None
+        )
         if cache is not None:
             cache.update_recurrent_state(state, self.layer_idx)
         # a query with no key before it (left padding) has 0 / 0: clamping gives 0

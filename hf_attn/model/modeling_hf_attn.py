@@ -1,9 +1,10 @@
 """hf_attn decoder: pre-norm blocks of RMSNorm, pluggable attention and a SwiGLU MLP, with RoPE.
 
-One forward pass reads top to bottom through this file and one of the two attention files. The
+One forward pass reads top to bottom through this file and one of the attention files (attention.py
+for MHA/GQA/MQA, with or without a sliding window; attention_mla.py; attention_performer.py). The
 decoder layer picks its attention class once, from `ATTENTION_CLASSES[config.attention_type]`.
-Parameter names are transformers' Llama/DeepseekV3 names, so `to_llama()` / `to_deepseek_v3()`
-export a checkpoint that those classes load unchanged.
+Parameter names are transformers' Llama/DeepseekV3 names, so `to_llama()` / `to_mistral()` /
+`to_deepseek_v3()` export a checkpoint that those classes load unchanged.
 """
 
 import torch

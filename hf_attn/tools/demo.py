@@ -44,13 +44,23 @@ class LoadedModel:
         attn = getattr(config, "attention_type", config.model_type)
         lines = [f"**{self.name}**", f"attention: `{attn}`"]
         elems = getattr(config, "kv_cache_elements_per_token", None)
-        if elems is not None:
+        ctx = getattr(config, "max_position_embeddings", None)
+        if getattr(config, "attention_type", None) == "performer":
+            state = config.kv_cache_elements(ctx)  # float32 sums, a constant size
+            lines.append(f"decode state: {state:,} elements = {format_bytes(4 * state)} in float32, at any context")
+        elif elems is not None:
             nbytes = elems * self.model.dtype.itemsize
-            ctx = config.max_position_embeddings
+            full = (
+                config.kv_cache_elements(ctx) * self.model.dtype.itemsize
+                if hasattr(config, "kv_cache_elements")
+                else nbytes * ctx
+            )
+            window = getattr(config, "sliding_window", None)
             lines.append(
                 f"KV cache: {elems:,} elements/token = {format_bytes(nbytes)}/token in "
                 f"{str(self.model.dtype).removeprefix('torch.')}"
-                f"; {format_bytes(nbytes * ctx)} at the full {ctx:,}-token context"
+                + (f" up to the {window:,}-token window" if window else "")
+                + f"; {format_bytes(full)} at the full {ctx:,}-token context"
             )
         params = sum(p.numel() for p in self.model.parameters())
         lines.append(f"parameters: {params:,}")

@@ -158,7 +158,8 @@ def export_folder(model_dir: str, out_dir: str, format: str) -> str:
         )
     if config.sliding_window is not None and format != "mistral":
         raise HfAttnError(
-            f"--format {format} has no sliding window (the model's is {config.sliding_window}): use --format mistral"
+            f"sliding_window={config.sliding_window}: --format {format} attends to the whole context; "
+            "transformers' Mistral has the window (format 'mistral', or hf_attn.to_mistral)"
         )
     target = EXPORTERS[format](model)
     target.save_pretrained(out_dir)

@@ -254,15 +254,9 @@ def build_model_card(
 
 
 def _architecture_section(config: HfAttnConfig, params: int, dtype: str, nbytes: int) -> list[str]:
-    kv_elems = config.kv_cache_elements_per_token
-    kv_bytes = kv_elems * nbytes
     ctx = config.max_position_embeddings
     layers = config.num_hidden_layers
-    if config.attention_type == "mla":
-        kv_formula = f"(kv_lora_rank {config.kv_lora_rank} + qk_rope_head_dim {config.qk_rope_head_dim}) x {layers}"
-    else:
-        kv_formula = f"2 x {config.num_key_value_heads} K/V heads x head_dim {config.head_dim} x {layers}"
-    return [
+    rows = [
         "## Architecture\n",
         "| | |\n|---|---|",
         f"| attention type | `{config.attention_type}` |",
@@ -273,10 +267,34 @@ def _architecture_section(config: HfAttnConfig, params: int, dtype: str, nbytes:
         f"| MLP (SwiGLU) size | {config.intermediate_size} |",
         f"| vocabulary | {config.vocab_size:,} |",
         f"| context length | {ctx:,} |",
-        f"| KV cache per token | {kv_elems:,} elements = {kv_formula} layers; {format_bytes(kv_bytes)} in {dtype} |",
-        f"| KV cache at full context | {format_bytes(kv_bytes * ctx)} per sequence ({ctx:,} tokens) |",
-        "",
     ]
+    return [*rows, *_cache_rows(config, dtype, nbytes), ""]
+
+
+def _cache_rows(config: HfAttnConfig, dtype: str, nbytes: int) -> list[str]:
+    """What the decode cache holds: per token for K/V caches, a constant state for Performer."""
+    ctx, layers = config.max_position_embeddings, config.num_hidden_layers
+    if config.attention_type == "performer":
+        elems = config.kv_cache_elements(ctx)
+        formula = (
+            f"{config.num_key_value_heads} K/V heads x {config.performer_features} features x "
+            f"(head_dim {config.head_dim} + 1) x {layers} layers"
+        )
+        # the state accumulates sums in float32 whatever the weights' dtype
+        return [f"| decode state (FAVOR+) | {elems:,} elements = {formula}; {format_bytes(4 * elems)} in float32, "
+                "whatever the context length |"]  # fmt: skip
+    kv_elems = config.kv_cache_elements_per_token
+    if config.attention_type == "mla":
+        kv_formula = f"(kv_lora_rank {config.kv_lora_rank} + qk_rope_head_dim {config.qk_rope_head_dim}) x {layers}"
+    else:
+        kv_formula = f"2 x {config.num_key_value_heads} K/V heads x head_dim {config.head_dim} x {layers}"
+    per_token = format_bytes(kv_elems * nbytes)
+    rows = [f"| KV cache per token | {kv_elems:,} elements = {kv_formula} layers; {per_token} in {dtype} |"]
+    if config.sliding_window is not None:
+        rows.append(f"| sliding window | {config.sliding_window:,} tokens: the cache stops growing there |")
+    full = config.kv_cache_elements(ctx) * nbytes
+    rows.append(f"| KV cache at full context | {format_bytes(full)} per sequence ({ctx:,} tokens) |")
+    return rows
 
 
 def _results_section(metrics: list[dict]) -> list[str]:
