@@ -52,9 +52,15 @@ def test_training_gradients_equal_hf_attn(make_model, attention_bias):
         assert_close(plain_params[name].grad, param.grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_mla_is_refused(make_model):
+@pytest.mark.parametrize("attention_type", ["mla", "performer"])
+def test_other_designs_are_refused(make_model, attention_type):
     with pytest.raises(ValueError, match="attention_type"):
-        PlainDecoder.from_hf_attn(make_model("mla"))
+        PlainDecoder.from_hf_attn(make_model(attention_type))
+
+
+def test_sliding_window_is_refused():
+    with pytest.raises(ValueError, match="sliding_window"):
+        PlainDecoder(HfAttnConfig.from_preset("tiny", sliding_window=8))
 
 
 def test_nanogpt_style_is_causal_and_tied():

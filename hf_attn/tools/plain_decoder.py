@@ -135,8 +135,10 @@ class PlainDecoder(nn.Module):
 
     def __init__(self, config: HfAttnConfig):
         super().__init__()
-        if config.attention_type == "mla":
-            raise ValueError("attention_type: PlainDecoder implements mha/gqa/mqa, not 'mla'")
+        if config.attention_type not in ("mha", "gqa", "mqa"):
+            raise ValueError(f"attention_type: PlainDecoder implements mha/gqa/mqa, not {config.attention_type!r}")
+        if getattr(config, "sliding_window", None) is not None:
+            raise ValueError("sliding_window: PlainDecoder implements full causal attention only")
         if config.hidden_act != "silu":
             raise ValueError(f"hidden_act: PlainDecoder implements 'silu' (SwiGLU), not {config.hidden_act!r}")
         self.config = config
