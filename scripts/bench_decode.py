@@ -52,15 +52,19 @@ TWINS = {"deepseek_v3": "mla", "llama": "mha"}  # transformers' class -> the hf_
 
 
 def build_models(args, max_positions: int) -> tuple[dict, dict]:
-    """The models of the comparison in eval mode, and the hf_attn config behind each (twins: their source's)."""
+    """The models of the comparison (`--models`, default all) in eval mode, and the hf_attn config behind
+    each (a twin's is its source's). A twin needs its source model, which is then built too."""
     configs = decode_configs(args.vocab_size, max_positions, args.window)
-    models = {name: build_model(config, args.attn, args.seed).eval() for name, config in configs.items()}
+    names = args.models or [*configs, *(TWINS if args.twins else ())]
+    needed = {TWINS.get(name, name) for name in names}
+    models = {
+        name: build_model(config, args.attn, args.seed).eval() for name, config in configs.items() if name in needed
+    }
     for twin, source in TWINS.items():
-        if source in models and args.twins:
+        if twin in names:
             models[twin] = reference_twin(models[source]).eval()
             configs[twin] = configs[source]
-    keep = args.models or list(models)
-    return {n: models[n] for n in keep}, {n: configs[n] for n in keep}
+    return {name: models[name] for name in names}, {name: configs[name] for name in names}
 
 
 def paths_for(name: str, models: dict, cell: tuple[int, int], args) -> list[str]:
@@ -236,7 +240,8 @@ def main() -> None:
     return_freed_memory()
 
     models, configs = build_models(args, max(args.contexts) + 1 + args.steps)
-    compiled = {name: torch.compile(model, dynamic=False) for name, model in models.items()}
+    # torch.compile only wraps here; each model compiles on its first call in a compile cell
+    compiled = {name: torch.compile(model, dynamic=False) for name, model in models.items() if args.compile_cells}
     print(f"torch {torch.__version__}, {args.threads} threads, float32, attn_implementation={args.attn}")
     print(f"trunk: {DECODE_TRUNK}, vocab {args.vocab_size}; MLA {DECODE_MLA_DIMS}; others head_dim 64")
     print(f"mha_window: MHA with sliding_window {args.window}")
