@@ -89,7 +89,7 @@ def test_bench_decode_runs_each_path_with_the_same_tokens(tmp_path):
     assert set(cells) == {"12x3"} and set(cells["12x3"]) == {"mla", "deepseek_v3", "mha_window"}
     for name, result in cells["12x3"].items():
         paths = [p for p in DECODE_PATHS if p in result]
-        assert paths == ["dynamic", "static", "generate"], name
+        assert paths == (["dynamic", "static"] if name == "deepseek_v3" else ["dynamic", "static", "generate"])
         assert all(result[p]["same_tokens"] for p in paths), name
         assert result["best"] in paths and all(result[p]["tok_s"] > 0 for p in paths)
     assert cells["12x3"]["mha_window"]["static"]["cache_mib"] > cells["12x3"]["mla"]["static"]["cache_mib"]
