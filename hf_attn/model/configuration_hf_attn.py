@@ -150,15 +150,7 @@ class HfAttnConfig(PreTrainedConfig):
         if self.mla_absorb not in ("auto", "always", "never"):
             raise ValueError(f"mla_absorb must be 'auto', 'always' or 'never', got {self.mla_absorb!r}.")
 
-        if self.sliding_window is not None:
-            if self.attention_type not in GQA_FAMILY:
-                raise ValueError(
-                    f"sliding_window applies to attention_type in {GQA_FAMILY}, not {self.attention_type!r}."
-                )
-            self._check_positive("sliding_window")
-            if self.sliding_window < 2:
-                # transformers' sliding-window cache layer keeps the last `sliding_window - 1` keys: 0 means all
-                raise ValueError(f"sliding_window must be at least 2, got {self.sliding_window}.")
+        self._check_sliding_window()
         if self.attention_type == "mla":
             self._derive_mla()
         elif self.attention_type == "performer":
@@ -171,12 +163,7 @@ class HfAttnConfig(PreTrainedConfig):
                     raise ValueError(
                         f"{name} applies only to attention_type='performer', not {self.attention_type!r}."
                     )
-        expected = self._layer_types()
-        if layer_types is not None and list(layer_types) != expected:
-            raise ValueError(
-                f"layer_types={layer_types!r}: hf_attn derives it from attention_type ({expected!r} here); "
-                "transformers' caches read it, so another value would cache something the model does not compute."
-            )
+        expected = self._layer_types(layer_types)
         if expected is not None:
             kwargs["layer_types"] = expected
 
@@ -223,9 +210,29 @@ class HfAttnConfig(PreTrainedConfig):
         if self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even: RoPE rotates pairs of dimensions.")
 
-    def _layer_types(self) -> list[str] | None:
-        """Performer keeps transformers' "linear_attention" cache layers (a constant state); others infer theirs."""
-        return ["linear_attention"] * self.num_hidden_layers if self.attention_type == "performer" else None
+    def _check_sliding_window(self):
+        if self.sliding_window is None:
+            return
+        if self.attention_type not in GQA_FAMILY:
+            raise ValueError(f"sliding_window applies to attention_type in {GQA_FAMILY}, not {self.attention_type!r}.")
+        self._check_positive("sliding_window")
+        if self.sliding_window < 2:
+            # transformers' sliding-window cache layer keeps the last `sliding_window - 1` keys: 0 would keep all
+            raise ValueError(f"sliding_window must be at least 2, got {self.sliding_window}.")
+
+    def _layer_types(self, given: list[str] | None) -> list[str] | None:
+        """The cache layer types transformers should build; a `given` value (a saved config's) must equal them.
+
+        Performer keeps transformers' "linear_attention" layers (a constant state); the others leave it
+        unset, and transformers infers full or sliding-window layers from `sliding_window`.
+        """
+        expected = ["linear_attention"] * self.num_hidden_layers if self.attention_type == "performer" else None
+        if given is not None and list(given) != expected:
+            raise ValueError(
+                f"layer_types={given!r}: hf_attn derives it from attention_type ({expected!r} here); "
+                "transformers' caches read it, so another value would cache something the model does not compute."
+            )
+        return expected
 
     def _derive_performer(self):
         heads = self.num_attention_heads
