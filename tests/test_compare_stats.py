@@ -1,5 +1,6 @@
 """The comparison's statistics and sweep ranges, on hand-made numbers: no training."""
 
+import json
 import math
 import random
 import statistics
@@ -7,7 +8,7 @@ import statistics
 import pytest
 
 from hf_attn import HfAttnConfig
-from hf_attn.tools.compare import parse_seeds, parse_variant, resolve_sizes, variant_label
+from hf_attn.tools.compare import load_variant_points, parse_seeds, parse_variant, resolve_sizes, variant_label
 from hf_attn.tools.compare_stats import (
     T_975,
     mean_std,
@@ -158,3 +159,13 @@ def test_sizes_labels_and_seeds():
     for bad in ("0,0", "a,1", "-1", ""):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)
+
+
+def test_variant_points_read_both_results_formats(tmp_path):
+    runs = [_run("mha", 0, 1.5), _run("mha", 1, 1.4)]
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    new.write_text(json.dumps({"runs": runs, "summary": summarize(runs)}))
+    old.write_text(json.dumps(runs[:1]))  # written before seeds: a list of runs
+    (point,) = load_variant_points(str(new))
+    assert point["variant"] == "mha" and point["val_bits_per_char"] == pytest.approx(1.45)
+    assert load_variant_points(str(old)) == runs[:1]

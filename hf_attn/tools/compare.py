@@ -324,9 +324,7 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, see
     block = args.train.block_size
     cache = measure_kv_cache(model, prompt_len=block - 7, new_tokens=8)  # the cache holds `block` tokens
     decode = decode_tokens_per_s(model, args.decode_context, args.decode_steps) if args.decode_context else None
-    with open(os.path.join(result["model_dir"], "run_info.json")) as f:
-        first_batch_hash = json.load(f)["first_batch_hashes"][0]
-    training_steps_s = result["history"][-1]["elapsed_s"]
+    measure_s = time.perf_counter() - measure_start
     config = {k: getattr(model.config, k, None) for k in CONFIG_FIELDS}
     return {
         "variant": spec,
@@ -345,11 +343,23 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, see
         "kv_cache_bytes_at_block": cache["kv_cache_bytes"],
         "kv_cache_formula_bytes_at_block": cache["kv_cache_formula_bytes"],
         **{k: v for k, v in cache.items() if k not in ("kv_cache_tokens", "kv_cache_bytes", "kv_cache_formula_bytes")},
+        "decode_context": args.decode_context,
+        "decode_tokens_per_s": decode,
+        **training_fields(result, measure_s),
+        "config": {**config, "seed": seed},
+    }
+
+
+def training_fields(result: dict, measure_s: float) -> dict:
+    """What a variant's record keeps of `train()`'s summary: final metrics, speed, the first batch's hash
+    (run_info.json: equal for every variant of a seed), where the time went, the curve and the sample."""
+    with open(os.path.join(result["model_dir"], "run_info.json")) as f:
+        first_batch_hash = json.load(f)["first_batch_hashes"][0]
+    training_steps_s = result["history"][-1]["elapsed_s"]  # seconds in training steps only
+    return {
         **{k: result[k] for k in ("val_loss", "perplexity", "val_bits_per_char", "val_bits_per_byte")},
         "train_tokens_per_s": result["train_tokens_per_s"],
         "peak_train_memory_bytes": result["peak_memory_bytes"],
-        "decode_context": args.decode_context,
-        "decode_tokens_per_s": decode,
         "steps": result["steps"],
         "tokens": result["tokens"],
         "first_batch_hash": first_batch_hash,
@@ -357,14 +367,13 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, see
         "timing_s": {
             "training_steps": training_steps_s,
             "train_other": result["wall_s"] - training_steps_s,
-            "measure": time.perf_counter() - measure_start,
+            "measure": measure_s,
         },
         "sample": result["sample"],
         "history": [
             {k: r[k] for k in ("step", "tokens", "val_loss", "val_bits_per_char", "train_loss")}
             for r in result["history"]
         ],
-        "config": {**config, "seed": seed},
     }
 
 
@@ -455,8 +464,9 @@ def run_comparison(args: CompareArgs) -> dict:
     return results
 
 
-def load_runs(path: str) -> list[dict]:
-    """The run records of a results.json: the "runs" list, or the whole file as written before seeds."""
+def load_variant_points(path: str) -> list[dict]:
+    """One record per variant from a results.json: its summary over seeds (bits/char the mean), or,
+    for a file written before seeds (a list of runs), the runs themselves."""
     with open(path) as f:
         results = json.load(f)
-    return results["runs"] if isinstance(results, dict) else results
+    return results["summary"]["variants"] if isinstance(results, dict) else results

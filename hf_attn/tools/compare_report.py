@@ -67,7 +67,7 @@ def comparison_table(results: dict | list[dict]) -> str:
     runs = results["runs"] if isinstance(results, dict) else results
     if isinstance(results, dict) and len(results["summary"]["seeds"]) > 1:
         return summary_table(results["summary"])
-    return runs_table(runs, runs[0].get("block_size", 0) if runs else 0)
+    return runs_table(runs, next((r["block_size"] for r in runs if "block_size" in r), 0))
 
 
 def _difference(paired: dict | None) -> str:
