@@ -100,7 +100,7 @@ def test_refusals_name_the_problem(saved, tmp_path, capsys):
 
 def test_entry_point_is_installed():
     result = subprocess.run([*entry_point("hf-attn-export"), "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "--format {gguf,llama,deepseek_v3}" in result.stdout
+    assert result.returncode == 0 and "--format {gguf,llama,deepseek_v3,mistral}" in result.stdout
 
 
 def test_sliding_window_model_exports_as_mistral(saved, tmp_path):

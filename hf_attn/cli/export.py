@@ -3,6 +3,7 @@
     hf-attn-export runs/mla --format gguf --out mla.gguf [--dtype f32|f16|q8_0]
     hf-attn-export runs/gqa --format llama --out gqa-llama/          # MHA/GQA/MQA
     hf-attn-export runs/mla --format deepseek_v3 --out mla-dsv3/     # MLA
+    hf-attn-export runs/swa --format mistral --out swa-mistral/      # MHA/GQA/MQA, sliding window or not
 
 GGUF: MHA/GQA/MQA go out as llama.cpp's `llama` architecture, MLA as `deepseek2` with its
 latent-only cache; the tokenizer is embedded. See docs/llamacpp.md.
@@ -22,8 +23,9 @@ from .base import command, parse
 @dataclass
 class ExportOptions:
     model_dir: str | None = field(default=None, metadata={"help": "a saved hf_attn model folder (with its tokenizer)"})
-    format: Literal["gguf", "llama", "deepseek_v3"] = field(
-        default="gguf", metadata={"help": "gguf: one file for llama.cpp; llama / deepseek_v3: a transformers folder"}
+    format: Literal["gguf", "llama", "deepseek_v3", "mistral"] = field(
+        default="gguf",
+        metadata={"help": "gguf: one file for llama.cpp; llama / deepseek_v3 / mistral: a transformers folder"},
     )
     out: str | None = field(default=None, metadata={"help": "the .gguf file, or the folder, to write"})
     dtype: Literal[DTYPES] = field(
