@@ -18,6 +18,32 @@ Two ways to compute the same attention (DeepSeek-V3's inference code keeps both,
   (O(S * d_c * heads * (nope + v))), which is what transformers' DeepseekV3 does. The folded matrix
   is what `kv_b_proj` computes, so an unmerged PEFT adapter on that layer is honoured (`_kv_b_weight`).
 
+The cache holds one entry per token, [c_KV | k^R] (as the "keys" of a transformers cache layer; the
+"values" slot is zero-width), so a decode step reads it in one pass: with sdpa the heads fold into the
+query rows of a single-head attention whose keys and values are both that entry (the RoPE part of the
+output is dropped). What was tried for the absorbed step, in one process with models interleaved
+(width 512, 8 heads, 4 layers, float32, 1 thread on a loaded 2-core CPU; tokens/s of the whole model):
+
+* static cache instead of the dynamic one (no torch.cat of the whole cache per step): MLA 1.4-1.8x at
+  batch 8 and 4096 tokens, MHA 6-9x (its cache is 6.4x larger); batch 1: MLA 1.0x, MHA 1.4x.
+* one cached entry and one sdpa pass, against the latent and RoPE key in separate tensors with
+  baddbmm + softmax + bmm (the previous code): 1.01-1.04x at batch 1, 1.11-1.22x at batch 8
+  (4096 tokens); the attention alone 1.5x at batch 32 and 8192 tokens. Kept.
+* values the entry's first `kv_lora_rank` columns (a strided view) instead of the whole entry: the
+  fused kernel then copies, 1.6x slower; the whole entry (25% more multiply-adds) is kept.
+* one matmul for the scores over the whole entry, softmax, one matmul for the values (the eager
+  kernel's path here): 1.1-1.8x slower than the sdpa pass, which keeps each block in cache between
+  its two products; kept for non-sdpa kernels, which also return the weights.
+* W_UK and W_UV^T as contiguous per-head matrices built ahead of the step (instead of einsum over
+  views of `kv_b_proj.weight`): 45 -> 26 microseconds per layer, under 1% of a 4096-token step, and
+  it needs a copy invalidated on every weight change and adapter; not kept. Folding W_UK into the
+  query projection would read 2x the weight bytes at batch 1, where the weights dominate.
+* sdpa with enable_gqa (8 query heads over 1 key head) instead of folding heads into rows: 3x slower.
+
+On this CPU the absorbed step does 2.25x the multiply-adds per cached token of MHA (scores over
+r + rope and values over the entry, per head), so where the arithmetic is the limit its lead is
+below the 6.4x byte ratio; `scripts/bench_decode.py` measures it against every design.
+
 Rule (`config.mla_absorb`): "auto" absorbs when a cache is passed and the new chunk is at most
 `ABSORB_MAX_QUERY_LEN` tokens (decoding, beam steps, short speculative chunks); longer chunks
 (prefill) and cache-less calls (training) expand. "always"/"never" force one path when a cache is
