@@ -40,9 +40,10 @@ output is dropped). What was tried for the absorbed step, in one process with mo
   query projection would read 2x the weight bytes at batch 1, where the weights dominate.
 * sdpa with enable_gqa (8 query heads over 1 key head) instead of folding heads into rows: 3x slower.
 
-On this CPU the absorbed step does 2.25x the multiply-adds per cached token of MHA (scores over
-r + rope and values over the entry, per head), so where the arithmetic is the limit its lead is
-below the 6.4x byte ratio; `scripts/bench_decode.py` measures it against every design.
+The absorbed step does 2.5x the multiply-adds per cached token of MHA (scores and values both over
+the r + rope entry, per head, against 2 x head_dim), so on a CPU, where that arithmetic is the limit,
+its lead stays below the 6.4x byte ratio (kv_lora_rank 128, rope 32, 8 heads of 64).
+`scripts/bench_decode.py` measures it against every design.
 
 Rule (`config.mla_absorb`): "auto" absorbs when a cache is passed and the new chunk is at most
 `ABSORB_MAX_QUERY_LEN` tokens (decoding, beam steps, short speculative chunks); longer chunks
