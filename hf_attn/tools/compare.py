@@ -98,7 +98,7 @@ SHORT_NAMES = {
 }
 
 
-# The comparison's budget, in place of the training defaults (about 12 minutes on 2 CPU cores for the
+# The comparison's budget, in place of the training defaults (about 13 minutes on 2 CPU cores for the
 # six designs). Evaluating every 50 steps instead of 25 draws the curve from 4 points and saves about
 # 4 evaluations of 10 batches per variant; the final evaluation, the one the tables report, is unchanged.
 DEFAULTS = dict(

@@ -264,9 +264,9 @@ def write_comparison_report(
         parts += sweep_section(output_dir, summary, frontier, block)
     if len(summary["seeds"]) > 1:
         parts += seeds_section(summary)
+    if len(summary["seeds"]) > 1 or frontier is not None:
+        parts += ["## Runs", ""]
     parts += [
-        "## Runs" if len(summary["seeds"]) > 1 or frontier is not None else "",
-        "",
         runs_table(runs, block),
         "",
         "KV-cache bytes are measured on a real cache after `generate()` to the block length "
