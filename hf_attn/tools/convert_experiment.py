@@ -28,7 +28,7 @@ from ..train.evaluation import evaluate_loss, lm_metrics
 from ..train.loop import train
 from ..train.options import ModelOptions, TrainArgs, TrainOptions, format_overrides
 from ..utils import environment, markdown_table, prepare_output_dir, read_jsonl
-from .compare import DEFAULTS, VARIANTS, CompareArgs, measure_kv_cache, variant_model
+from .compare import DEFAULTS, VARIANTS, CompareArgs, load_variant_points, measure_kv_cache, variant_model
 from .convert import calibration_ids, check_request, convert_to_mla, rope_stride_of
 
 MARKER = "convert_experiment.json"
@@ -485,9 +485,8 @@ def write_outputs(options: ExperimentOptions, results: dict) -> None:
     with open(os.path.join(options.docs_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     compare_results = []
-    if os.path.isfile(options.compare_results):
-        with open(options.compare_results) as f:
-            compare_results = json.load(f)
+    if os.path.isfile(options.compare_results):  # one point per variant (the mean over seeds)
+        compare_results = load_variant_points(options.compare_results)
     plot(os.path.join(options.docs_dir, "bpc_vs_cache.png"), results, compare_results)
     shares = options.finetune_fractions
     table = markdown_table(headers(shares), rows(results, shares), align="lrr" + "r" * (len(headers(shares)) - 3))
