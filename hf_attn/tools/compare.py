@@ -307,7 +307,8 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, see
     from ..model.modeling_hf_attn import HfAttnForCausalLM
     from ..train.loop import train
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # every core, unless the caller limits threads (OMP_NUM_THREADS=1 to run two comparisons side by side)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     train_args = dataclasses.replace(
         args.train,
         output_dir=os.path.join(out_dir, "model"),
