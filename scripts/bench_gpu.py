@@ -378,8 +378,9 @@ def fsdp_runs(sizes: Sizes, fsdp: bool, guard: Guard, part_end: float, work: str
     }
     if not fsdp:
         result["skipped_fsdp"] = (
-            "no accelerator: accelerate refuses FSDP on a CPU-only machine, so the same training command "
-            "ran without `accelerate launch --use_fsdp`"
+            "no accelerator: accelerate refuses FSDP on a CPU-only machine (accelerate 1.15's FSDP plugin raises "
+            "'There are currently no available devices found, must be one of XPU, CUDA, ...'), so the same "
+            "training command ran without `accelerate launch --use_fsdp`"
         )
         print(f"FSDP skipped: {result['skipped_fsdp']}", flush=True)
     launches = []
