@@ -154,7 +154,9 @@ class HfAttnModel(HfAttnPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and cache is None:
+        # No default cache in training: nothing reads it, and filling it costs every layer an update
+        # (transformers' T5Gemma does the same).
+        if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
         if self.config.attention_type == "performer":
             return self._performer_forward(inputs_embeds, attention_mask, cache, use_cache, **kwargs)
