@@ -93,17 +93,19 @@ def test_generate_continuing_a_cache_equals_plain_generate(make_model, design):
 
 @pytest.mark.parametrize("design", DESIGNS)
 def test_plain_generate_takes_the_fastest_cache(make_model, design):
-    """A plain generate() decodes on the path `scripts/bench_decode.py` measured fastest: a StaticCache,
-    except for a sliding window (transformers' static sliding layer copies its buffer twice a step); a
+    """A plain generate() decodes on the path `scripts/bench_decode.py` measured fastest: a StaticCache
+    where the cache grows with the sequence; a DynamicCache for a sliding window (transformers' static
+    sliding layer copies its buffer twice a step) and Performer (the same state layer in both). A
     cache or a `cache_implementation` the caller passes still wins. Needs
     /tmp/proposals/decode-generation-default.patch (the `_prepare_cache_for_generation` hook)."""
     model = make_model(design)
     prompt = prompt_batch()
     kwargs = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
     plain = model.generate(prompt, **kwargs)
-    assert type(plain.cache) is (DynamicCache if design == "swa" else StaticCache)
+    bounded = design in ("swa", "performer")
+    assert type(plain.cache) is (DynamicCache if bounded else StaticCache)
     assert model.generation_config.cache_implementation is None  # the user's config is left alone
-    other = "static" if design == "swa" else "dynamic"
+    other = "static" if bounded else "dynamic"
     explicit = model.generate(prompt, cache_implementation=other, **kwargs)
     assert type(explicit.cache) is (StaticCache if other == "static" else DynamicCache)
     passed = DynamicCache(config=model.config)
