@@ -60,8 +60,9 @@ def test_left_padded_batch_equals_each_prompt_alone(make_model, attention_type):
 def test_static_cache_equals_dynamic_cache(make_model, attention_type, padded):
     model = make_model(attention_type)
     ids, mask = left_pad(prompts() if padded else prompts(lengths=(7, 7, 7)))
-    dynamic = greedy(model, ids, mask, return_dict_in_generate=True, output_scores=True)
-    static = greedy(model, ids, mask, return_dict_in_generate=True, output_scores=True, cache_implementation="static")
+    kwargs = dict(return_dict_in_generate=True, output_scores=True)
+    dynamic = greedy(model, ids, mask, cache_implementation="dynamic", **kwargs)  # hf_attn's default is static
+    static = greedy(model, ids, mask, cache_implementation="static", **kwargs)
     assert isinstance(cache_of(dynamic), DynamicCache) and isinstance(cache_of(static), StaticCache)
     assert torch.equal(static.sequences, dynamic.sequences)
     assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), rtol=1e-4, atol=1e-5)

@@ -163,7 +163,9 @@ class HfAttnModel(HfAttnPreTrainedModel):
 
         past_len = cache.get_seq_length() if cache is not None else 0
         total_len = past_len + inputs_embeds.shape[1]
-        if total_len > self.config.max_position_embeddings:
+        # A StaticCache's length is a tensor: checking it under torch.compile would split the graph
+        # (a data-dependent branch), so the compiled decode step of `generate` skips the check.
+        if not torch.compiler.is_compiling() and total_len > self.config.max_position_embeddings:
             # RoPE itself would extrapolate, but the model was never trained on such positions.
             raise ValueError(
                 f"Sequence length {total_len} (cached {past_len} + new {inputs_embeds.shape[1]}) exceeds "
@@ -171,7 +173,8 @@ class HfAttnModel(HfAttnPreTrainedModel):
                 "max_new_tokens."
             )
         if position_ids is None:
-            position_ids = torch.arange(past_len, total_len, device=inputs_embeds.device).unsqueeze(0)
+            # arange(T) + past, not arange(past, total): a tensor length (StaticCache) stays in the graph
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_len).unsqueeze(0)
 
         mask_function = create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
         causal_mask = mask_function(
@@ -221,11 +224,41 @@ class HfAttnForCausalLM(HfAttnPreTrainedModel, GenerationMixin):
     _tp_plan = {"lm_head": "colwise_gather_output"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
+    @property
+    def default_cache_implementation(self) -> str:
+        """The cache a plain generate() builds when the caller names none: its fastest decode path.
+
+        transformers' default DynamicCache appends with torch.cat, which copies the whole cache at every
+        step; a StaticCache writes in place. scripts/bench_decode.py measures both for every design:
+        static is faster wherever the cache grows with the sequence (MHA/GQA/MQA/MLA; up to 5x for MHA
+        at batch 8). Performer's constant state is the same layer in both caches, and a sliding window
+        keeps the dynamic cache: transformers' static sliding layer rolls its whole buffer once full (two
+        copies a step), the dynamic one concatenates (one copy).
+        """
+        bounded = self.config.sliding_window is not None or self.config.attention_type == "performer"
+        return "dynamic" if bounded else "static"
+
     def __init__(self, config: HfAttnConfig):
         super().__init__(config)
         self.model = HfAttnModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """generate()'s cache hook: with no cache and no `cache_implementation` given, build the default one.
+
+        Set here rather than in the saved generation config, because generate refuses a config's
+        `cache_implementation` together with a cache the caller passes. The config is generate's own copy.
+        Flash-attention kernels keep the DynamicCache: generate drops an all-ones mask before this hook,
+        and flash attention needs it over a static cache's empty slots.
+        """
+        if (
+            model_kwargs.get("cache") is None
+            and generation_config.cache_implementation is None
+            and "flash" not in (self.config._attn_implementation or "")
+        ):
+            generation_config.cache_implementation = self.default_cache_implementation
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
