@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from hf_attn.tools.compare import merge_comparisons
 from hf_attn.tools.compare_plots import plot_curves, plot_quality_vs_cache
 from hf_attn.tools.compare_stats import pareto_frontier
 from hf_attn.tools.sweep import FAMILIES, sweep_variants
@@ -254,3 +255,32 @@ def test_curves_have_bands_over_seeds(sweep_run, tmp_path):
         every = [h["val_bits_per_char"] for r in runs for h in r["history"]]
         assert drawn[variant]["band"] == pytest.approx({"low": min(every), "high": max(every)}, abs=1e-12)
     assert list(itertools.chain(drawn)) == ["mqa", "gqa:num_key_value_heads=2", "mha"]
+
+
+def test_merging_one_folder_per_seed_gives_the_same_summary(sweep_run, tmp_path):
+    """Seeds run on different machines merge into the comparison that ran them together."""
+    out, results = sweep_run
+    with open(out / "compare_args.json") as f:
+        args = json.load(f)
+    folders = []
+    for seed in (0, 1):
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        runs = [r for r in results["runs"] if r["seed"] == seed]
+        (folder / "results.json").write_text(json.dumps({"runs": runs}))
+        (folder / "compare_args.json").write_text(json.dumps({**args, "seeds": [seed], "command": f"seed {seed}"}))
+        folders.append(str(folder))
+    merged = merge_comparisons(folders[::-1], str(tmp_path / "merged"))
+    assert [(r["variant"], r["seed"]) for r in merged["runs"]] == [(r["variant"], r["seed"]) for r in results["runs"]]
+    assert merged["summary"] == results["summary"] and merged["frontier"] == results["frontier"]
+    assert "## Over seeds" in (tmp_path / "merged" / "report.md").read_text()
+
+    with pytest.raises(ValueError, match="in more than one folder"):
+        merge_comparisons([folders[0], folders[0]], str(tmp_path / "twice"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text((tmp_path / "seed-1" / "results.json").read_text())
+    changed = {**args, "seeds": [1], "train": {**args["train"], "lr": 1.0}}
+    (other / "compare_args.json").write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="differs from .* in 'lr'"):
+        merge_comparisons([folders[0], str(other)], str(tmp_path / "mismatch"))

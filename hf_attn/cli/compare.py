@@ -3,6 +3,7 @@
     hf-attn-compare                       # the default run: six designs, about 13 minutes on 2 CPU cores
     hf-attn-compare --seeds 0,1,2 --output-dir runs/compare-seeds    # every design once per seed
     hf-attn-compare --sweep --output-dir runs/sweep     # a range of cache sizes per design, Pareto frontier
+    hf-attn-compare --merge runs/seed-0 runs/seed-1 --output-dir runs/seeds   # seeds run on two machines
     hf-attn-compare --quick --output-dir runs/quick      # seconds, for tests
     hf-attn-compare --variants mha mla mla-q --max-tokens 2000000 --text-files my/*.txt
 
@@ -20,6 +21,7 @@ from ..tools.compare import (
     CompareArgs,
     CompareOptions,
     comparison_table,
+    merge_comparisons,
     parse_seeds,
     run_comparison,
 )
@@ -47,11 +49,21 @@ def parse_compare_args(argv: list[str]) -> CompareArgs:
     )
 
 
+def merge_folders(argv: list[str]) -> list[str] | None:
+    """The --merge folders, if given."""
+    compare, *_ = parse(OPTION_CLASSES, argv, description=__doc__, defaults=DEFAULTS)
+    return compare.merge
+
+
 @command
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_compare_args(argv)
-    results = run_comparison(args)
+    folders = merge_folders(argv)
+    if folders:
+        results = merge_comparisons(folders, args.output_dir, args.train.overwrite)
+    else:
+        results = run_comparison(args)
     print(comparison_table(results))
     print(f"\nreport: {args.output_dir}/report.md")
     if any(r["status"] != "ok" for r in results["runs"]):

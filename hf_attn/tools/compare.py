@@ -161,6 +161,13 @@ class CompareOptions:
     decode_context: int = field(default=2048, metadata={"help": "context of the decode-speed measurement; 0 skips it"})
     decode_steps: int = field(default=16, metadata={"help": "decode steps timed"})
     quick: bool = field(default=False, metadata={"help": "seconds-long settings (tiny preset) for tests"})
+    merge: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "instead of training, combine finished comparison folders with the same settings (for "
+            "example one seed per machine) into --output-dir: results.json, report and plots over all their runs"
+        },
+    )
 
 
 @dataclass
@@ -462,6 +469,59 @@ def run_comparison(args: CompareArgs) -> dict:
         time.perf_counter() - start,
         results.get("frontier"),
     )
+    return results
+
+
+# Settings that may differ between comparisons that are merged: where and how each one ran.
+MERGE_FREE = ("seeds", "command", "output_dir", "seed", "overwrite", "resume", "progress")
+
+
+def _settings(args: dict) -> dict:
+    """The compare_args.json settings that must agree for runs to be merged (all but MERGE_FREE)."""
+    train = {k: v for k, v in args["train"].items() if k not in MERGE_FREE}
+    return {**{k: v for k, v in args.items() if k not in MERGE_FREE}, "train": train}
+
+
+def merge_comparisons(folders: list[str], output_dir: str, overwrite: bool = False) -> dict:
+    """Combine finished comparisons run with the same settings but different seeds (say, one seed per
+    machine) into `output_dir`: one results.json, report and plots over all their runs."""
+    args_list, runs = [], []
+    for folder in folders:
+        paths = [os.path.join(folder, name) for name in (MARKER, "results.json")]
+        for path in paths:
+            if not os.path.isfile(path):
+                raise ValueError(f"--merge: {path} not found; each folder must be a finished hf-attn-compare run")
+        with open(paths[0]) as f:
+            args_list.append(json.load(f))
+        with open(paths[1]) as f:
+            runs += json.load(f)["runs"]
+    first = _settings(args_list[0])
+    for folder, args in zip(folders[1:], args_list[1:]):
+        other = _settings(args)
+        for mine, theirs in ((first, other), (first["train"], other["train"])):
+            for key in sorted({*mine, *theirs} - {"train"}):
+                if mine.get(key) != theirs.get(key):
+                    raise ValueError(f"--merge: {folder} differs from {folders[0]} in {key!r}: {theirs.get(key)!r}")
+    seen = [(r["variant"], r["seed"]) for r in runs]
+    if len(set(seen)) != len(seen):
+        twice = next(pair for pair in seen if seen.count(pair) > 1)
+        raise ValueError(f"--merge: variant {twice[0]!r} with seed {twice[1]} is in more than one folder")
+    order = {spec: i for i, spec in enumerate(args_list[0]["variants"])}
+    runs.sort(key=lambda r: (r["seed"], order.get(r["variant"], len(order))))
+    prepare_output_dir(output_dir, MARKER, overwrite)
+    merged_args = {
+        **args_list[0],
+        "seeds": sorted({r["seed"] for r in runs}),
+        "command": " + ".join(a["command"] for a in args_list) + f" (merged into {output_dir})",
+        "train": {**args_list[0]["train"], "output_dir": output_dir},
+    }
+    with open(os.path.join(output_dir, MARKER), "w") as f:
+        json.dump(merged_args, f, indent=2)
+    results = results_of(runs, merged_args["sweep"])
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    wall_s = sum(r.get("wall_s") or 0.0 for r in runs)  # the runs' own time, not the folders' wall clocks
+    write_comparison_report(output_dir, results, merged_args, environment(), wall_s, results.get("frontier"))
     return results
 
 
