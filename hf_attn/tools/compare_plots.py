@@ -153,7 +153,7 @@ def _draw_frontier(ax, ok: list[dict], frontier: list[str]) -> list[tuple[float,
         [*xs, right], [*ys, ys[-1]], where="post", color="black", linestyle="--", linewidth=1, label="Pareto frontier"
     )
     ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.2)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return [(float(x), float(y)) for x, y in line.get_xydata()[:-1]]
 
 
