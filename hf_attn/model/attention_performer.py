@@ -29,8 +29,8 @@ unchanged) and then subtract their own max, as in the paper. Feature maps and su
 
 RoPE is left out. RoFormer §3.4.3 rotates phi(q), phi(k) in the numerator only; the weights then are
 no longer positive and the numerator is no longer bounded by the denominator, which gives up the
-property FAVOR+ exists for (positive weights, a stable ratio). A causal model still learns order
-from the mask itself (Haviv et al. 2022, "Transformer language models without positional encodings
+property FAVOR+ exists for (positive weights, a stable ratio). A causal model still learns
+order from the mask itself (Haviv et al. 2022, "Transformer language models without positional encodings
 still learn positional information"), and without positions the decode state needs no token count.
 """
 
