@@ -70,6 +70,7 @@ def make_model():
         design = SLIDING_WINDOW_DESIGN if attention_type == "swa" else {"attention_type": attention_type}
         config = HfAttnConfig.from_preset("tiny", **{**design, **overrides})
         kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+        torch.manual_seed(seed)  # buffers drawn at init (Performer's random features) follow the seed too
         model = AutoModelForCausalLM.from_config(config, **kwargs)
         return randomize_(model, seed=seed).eval()
 
