@@ -1,5 +1,6 @@
 """Evaluation: the loss loops against independent computations, the metric formulas, hf-attn-evaluate."""
 
+import json
 import math
 
 import evaluate
@@ -91,20 +92,23 @@ def test_metric_module_loads_offline_and_matches_the_formulas(monkeypatch):
     assert sampled == {**lm_metrics(2.0, {"tokens": 50, "chars": 90, "bytes": 100}), "scored_tokens": 10}
 
 
-def test_evaluate_command_agrees_with_the_training_eval(tmp_path):
+def test_evaluate_command_agrees_with_the_training_eval(tmp_path, capsys):
     out = tmp_path / "run"
     train_main(["--output-dir", str(out), "--preset", "tiny", "--train-tokenizer-vocab", "400", "--max-chars", "60000",
                 "--block-size", "32", "--batch-size", "8", "--max-steps", "10", "--eval-every", "10",
                 "--save-every", "0", "--tracker", "none", "--progress", "false", "--sample-tokens", "4"])  # fmt: skip
     last = read_jsonl(out / "metrics.jsonl")[-1]
-    got = evaluate_main([str(out), "--max-chars", "60000", "--json"])
+    capsys.readouterr()  # what training printed
+    evaluate_main([str(out), "--max-chars", "60000", "--json"])
+    got = json.loads(capsys.readouterr().out)  # --json prints one object
     assert {"val_loss", "perplexity", "bits_per_char", "bits_per_byte"} <= set(got)
     assert got["block_size"] == 32  # taken from the run's train_args.json
     assert got["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5)
     assert got["perplexity"] == pytest.approx(last["perplexity"], rel=1e-5)
     assert got["bits_per_char"] == pytest.approx(last["val_bits_per_char"], rel=1e-5)
     assert got["bits_per_byte"] == pytest.approx(last["val_bits_per_byte"], rel=1e-5)
-    rolling = evaluate_main([str(out), "--max-chars", "60000", "--rolling", "--json"])
+    evaluate_main([str(out), "--max-chars", "60000", "--rolling", "--json"])
+    rolling = json.loads(capsys.readouterr().out)
     assert rolling["mode"] == "rolling" and rolling["block_size"] == 32
     assert rolling["bits_per_byte"] == pytest.approx(got["bits_per_byte"], rel=0.05)  # same model, other context rule
 

@@ -1,5 +1,6 @@
 """lm-evaluation-harness on a saved hf_attn model, offline, against hf_attn's own rolling evaluation."""
 
+import json
 import math
 import random
 
@@ -61,11 +62,13 @@ def test_rolling_windows_are_the_harness_windows():
             assert rolling_windows(tokens, 1, max_length) == theirs, (n, max_length)
 
 
-def test_harness_bits_per_byte_match_rolling_evaluation(trained_dir):
+def test_harness_bits_per_byte_match_rolling_evaluation(trained_dir, capsys):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    ours = evaluate_main([trained_dir, "--rolling", "--block-size", str(BLOCK), *CORPUS_FLAGS, "--json"])
+    capsys.readouterr()
+    evaluate_main([trained_dir, "--rolling", "--block-size", str(BLOCK), *CORPUS_FLAGS, "--json"])
+    ours = json.loads(capsys.readouterr().out)  # --json prints one object
     results = simple_evaluate(
         model="hf",
         model_args=f"pretrained={trained_dir},trust_remote_code=True,max_length={BLOCK},dtype=float32",
@@ -79,7 +82,9 @@ def test_harness_bits_per_byte_match_rolling_evaluation(trained_dir):
     assert theirs == pytest.approx(ours["bits_per_byte"], rel=5e-3)  # the issue's target: within 0.5%
     assert theirs == pytest.approx(ours["bits_per_byte"], rel=1e-5)  # in fact the same computation
     assert results["word_perplexity,none"] == pytest.approx(ours["word_perplexity"], rel=1e-4)
-    packed = evaluate_main([trained_dir, "--block-size", str(BLOCK), *CORPUS_FLAGS, "--json"])
+    capsys.readouterr()  # what the harness printed
+    evaluate_main([trained_dir, "--block-size", str(BLOCK), *CORPUS_FLAGS, "--json"])
+    packed = json.loads(capsys.readouterr().out)
     assert packed["mode"] == "packed" and packed["bits_per_byte"] != pytest.approx(theirs, rel=1e-3)
     print(
         f"bits per byte: harness {theirs:.6f}, rolling {ours['bits_per_byte']:.6f}, "

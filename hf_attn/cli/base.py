@@ -52,13 +52,18 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """The docstring's examples as written, and every option's default after its help."""
 
 
-def command(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[str] | None], object]:
-    """Wrap a command's `main(argv)`: an expected error becomes `error: ...` on stderr and exit status 2."""
+def command(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[str] | None], None]:
+    """Wrap a command's `main(argv)`: an expected error becomes `error: ...` on stderr and exit status 2.
+
+    The wrapped command returns None: the console script runs `sys.exit(main())`, which prints any other
+    value to stderr and exits with status 1. A command reports its result on stdout, and a failure after
+    its work (hf-attn-compare's failed variant) with its own `sys.exit(1)`.
+    """
 
     @functools.wraps(main)
-    def run(argv: Sequence[str] | None = None):
+    def run(argv: Sequence[str] | None = None) -> None:
         try:
-            return main(argv)
+            main(argv)
         except EXPECTED_ERRORS as error:
             print(f"error: {_message(error)}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -39,7 +39,7 @@ class EvalOptions:
 
 
 @command
-def main(argv=None) -> dict:
+def main(argv=None) -> None:
     options, corpus = parse([EvalOptions, CorpusSpec], argv, description=__doc__, positional="model_dir")
     if options.model_dir is None:
         raise ValueError("give the model folder: hf-attn-evaluate MODEL_DIR")
@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
                        rolling=options.rolling)  # fmt: skip
     if options.json:
         print(json.dumps(m))
-        return m
+        return
     unit = "window" if options.rolling else "block"
     print(f"validation loss  {m['val_loss']:.4f} nats/token ({m['eval_tokens']:,} tokens, {unit} {m['block_size']})")
     print(f"perplexity       {m['perplexity']:.3f}")
@@ -57,7 +57,6 @@ def main(argv=None) -> dict:
     print(f"bits per byte    {m['bits_per_byte']:.4f}")
     if "word_perplexity" in m:
         print(f"word perplexity  {m['word_perplexity']:.3f}")
-    return m
 
 
 if __name__ == "__main__":
