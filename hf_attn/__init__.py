@@ -16,7 +16,7 @@ Importing the package registers the classes with transformers' Auto classes, so
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .model import ATTENTION_TYPES, PRESETS, HfAttnConfig, HfAttnForCausalLM, HfAttnModel, HfAttnPreTrainedModel
-from .tools.export import to_deepseek_v3, to_llama, to_mistral
+from .tools.export.to_transformers import to_deepseek_v3, to_llama, to_mistral
 
 AutoConfig.register(HfAttnConfig.model_type, HfAttnConfig, exist_ok=True)
 AutoModel.register(HfAttnConfig, HfAttnModel, exist_ok=True)

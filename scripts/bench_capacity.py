@@ -14,15 +14,9 @@ import argparse
 
 import torch
 
-from hf_attn.tools.benchmark import (
-    build_model,
-    capacity,
-    check_capacity,
-    decode_configs,
-    plot_capacity,
-    sequence_cache,
-    write_json,
-)
+from hf_attn.tools.benchmarks.capacity import capacity, check_capacity, plot_capacity, sequence_cache
+from hf_attn.tools.benchmarks.decode import decode_configs
+from hf_attn.tools.benchmarks.timing import build_model, write_json
 from hf_attn.utils import cache_bytes, format_table
 
 

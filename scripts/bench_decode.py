@@ -34,23 +34,19 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from hf_attn.tools.benchmark import (
+from hf_attn.tools.benchmarks.decode import (
     DECODE_MLA_DIMS,
     DECODE_PATHS,
     DECODE_TRUNK,
-    PeakRSS,
-    alternating_order,
-    build_model,
     decode_configs,
     decode_steps,
     default_cache_implementation,
     expand_cache_batch,
     filled_cache,
     generate_steps,
-    reference_twin,
-    return_freed_memory,
-    write_json,
 )
+from hf_attn.tools.benchmarks.memory import PeakRSS, return_freed_memory
+from hf_attn.tools.benchmarks.timing import alternating_order, build_model, reference_twin, write_json
 from hf_attn.utils import cache_bytes, format_table
 
 TWINS = {"deepseek_v3": "mla", "llama": "mha"}  # transformers' class -> the hf_attn model whose weights it carries

@@ -44,7 +44,7 @@ import time
 import torch
 
 from hf_attn import ATTENTION_TYPES, HfAttnConfig, HfAttnForCausalLM, to_deepseek_v3
-from hf_attn.tools.benchmark import expand_cache_batch, filled_cache
+from hf_attn.tools.benchmarks.decode import expand_cache_batch, filled_cache
 from hf_attn.utils import markdown_table
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from NVIDIA's data sheets, by device-name substring.

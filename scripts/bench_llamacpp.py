@@ -26,8 +26,9 @@ from transformers import AutoTokenizer
 
 from hf_attn import HfAttnConfig
 from hf_attn.cli.base import parse
-from hf_attn.tools.benchmark import alternating_order, build_model, greedy_decode, paired_ratio, prefill, write_json
-from hf_attn.tools.gguf import export_gguf, llama_cpp_decode, load_llama_cpp
+from hf_attn.tools.benchmarks.decode import greedy_decode, prefill
+from hf_attn.tools.benchmarks.timing import alternating_order, build_model, paired_ratio, write_json
+from hf_attn.tools.export.gguf import export_gguf, llama_cpp_decode, load_llama_cpp
 from hf_attn.utils import cache_bytes, format_table, markdown_table
 
 DESIGNS = ("mha", "mla")

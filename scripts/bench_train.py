@@ -24,19 +24,18 @@ import argparse
 import torch
 
 from hf_attn import HfAttnConfig
-from hf_attn.tools.benchmark import (
+from hf_attn.tools.benchmarks.plain_decoder import NanoGPTStyleDecoder, PlainDecoder
+from hf_attn.tools.benchmarks.timing import (
     build_model,
-    make_train_step,
     paired_ratio,
     profile_alternating,
     profile_table,
     reference_twin,
     summarize,
-    swiglu_intermediate_size,
     time_alternating,
     write_json,
 )
-from hf_attn.tools.plain_decoder import NanoGPTStyleDecoder, PlainDecoder
+from hf_attn.tools.benchmarks.training import make_train_step, swiglu_intermediate_size
 from hf_attn.utils import format_table
 
 # Two sizes: (a) nanoGPT's CPU recipe, (b) its GPU recipe. vocab 65 is a character-level vocabulary (tiny Shakespeare).

@@ -4,11 +4,11 @@ train the from-scratch controls, and write docs/convert/{report.md,results.json,
     python scripts/convert_experiment.py            # ~25 min on 2 CPU cores (reuses runs/compare/*/model)
     python scripts/convert_experiment.py --quick --output-dir /tmp/c --docs-dir /tmp/c/docs
 
-The logic lives in `hf_attn/tools/convert_experiment.py`.
+The logic lives in `hf_attn/tools/conversion/experiment.py`.
 """
 
 from hf_attn.cli.base import command, parse
-from hf_attn.tools.convert_experiment import ExperimentOptions, run_experiment
+from hf_attn.tools.conversion.experiment import ExperimentOptions, run_experiment
 
 
 @command

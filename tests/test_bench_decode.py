@@ -10,16 +10,9 @@ import pytest
 import torch
 from conftest import DESIGNS
 
-from hf_attn.tools.benchmark import (
-    DECODE_PATHS,
-    PeakRSS,
-    capacity,
-    check_capacity,
-    decode_configs,
-    plot_capacity,
-    return_freed_memory,
-    sequence_cache,
-)
+from hf_attn.tools.benchmarks.capacity import capacity, check_capacity, plot_capacity, sequence_cache
+from hf_attn.tools.benchmarks.decode import DECODE_PATHS, decode_configs
+from hf_attn.tools.benchmarks.memory import PeakRSS, return_freed_memory
 from hf_attn.utils import cache_bytes
 
 pytestmark = pytest.mark.usefixtures("single_thread")

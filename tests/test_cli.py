@@ -13,7 +13,7 @@ from hf_attn.cli.evaluate import main as evaluate_main
 from hf_attn.cli.export import main as export_main
 from hf_attn.cli.push_to_hub import main as push_main
 from hf_attn.cli.train import main as train_main
-from hf_attn.tools.compare import DEFAULTS, QUICK
+from hf_attn.tools.comparison.compare import DEFAULTS, QUICK
 from hf_attn.train import CorpusSpec, ModelOptions, TrainOptions
 
 pytestmark = pytest.mark.usefixtures("single_thread")

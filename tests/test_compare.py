@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from hf_attn.tools.compare import merge_comparisons
-from hf_attn.tools.compare_plots import plot_curves, plot_quality_vs_cache
-from hf_attn.tools.compare_stats import pareto_frontier
-from hf_attn.tools.sweep import FAMILIES, sweep_variants
+from hf_attn.tools.comparison.compare import merge_comparisons
+from hf_attn.tools.comparison.plots import plot_curves, plot_quality_vs_cache
+from hf_attn.tools.comparison.stats import pareto_frontier
+from hf_attn.tools.comparison.sweep import FAMILIES, sweep_variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED_KEYS = {

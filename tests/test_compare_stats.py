@@ -8,8 +8,14 @@ import statistics
 import pytest
 
 from hf_attn import HfAttnConfig
-from hf_attn.tools.compare import load_variant_points, parse_seeds, parse_variant, resolve_sizes, variant_label
-from hf_attn.tools.compare_stats import (
+from hf_attn.tools.comparison.compare import (
+    load_variant_points,
+    parse_seeds,
+    parse_variant,
+    resolve_sizes,
+    variant_label,
+)
+from hf_attn.tools.comparison.stats import (
     T_975,
     mean_std,
     paired_differences,
@@ -19,7 +25,7 @@ from hf_attn.tools.compare_stats import (
     t_quantile_975,
     verdict,
 )
-from hf_attn.tools.sweep import sweep_variants
+from hf_attn.tools.comparison.sweep import sweep_variants
 
 
 def test_pareto_frontier_of_hand_made_points():

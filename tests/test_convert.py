@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from hf_attn import HfAttnConfig, HfAttnForCausalLM, to_deepseek_v3, to_llama
 from hf_attn.cli.convert import main as convert_main
-from hf_attn.tools.compare import measure_kv_cache
-from hf_attn.tools.convert import (
+from hf_attn.tools.comparison.compare import measure_kv_cache
+from hf_attn.tools.conversion.convert import (
     attention_errors,
     calibration_ids,
     convert_to_mla,

@@ -7,7 +7,7 @@ from conftest import DESIGNS
 from transformers import DynamicCache, StaticCache
 
 from hf_attn.model.attention_mla import HfAttnMLAttention
-from hf_attn.tools.benchmark import decode_steps, expand_cache_batch, filled_cache, generate_steps
+from hf_attn.tools.benchmarks.decode import decode_steps, expand_cache_batch, filled_cache, generate_steps
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

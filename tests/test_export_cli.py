@@ -106,7 +106,7 @@ def test_entry_point_is_installed():
 def test_sliding_window_model_exports_as_mistral(saved, tmp_path):
     from transformers import MistralForCausalLM
 
-    from hf_attn.tools.export import export_folder
+    from hf_attn.tools.export.to_transformers import export_folder
 
     out = export_folder(saved["swa"], str(tmp_path / "mistral"), "mistral")
     exported = AutoModelForCausalLM.from_pretrained(out)

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.model.attention_utils import apply_rotary
-from hf_attn.tools.gguf import export_gguf, llama_cpp_greedy, load_llama_cpp, rope_rows_to_pairs
+from hf_attn.tools.export.gguf import export_gguf, llama_cpp_greedy, load_llama_cpp, rope_rows_to_pairs
 from hf_attn.train.data import default_corpus_documents
 from hf_attn.utils import HfAttnError
 
@@ -209,7 +209,7 @@ def test_variants_match_transformers(tokenizer, tmp_path, attention_type, varian
 @needs_llama_cpp
 def test_mla_converted_from_a_llama_checkpoint_exports_the_same_way(tokenizer, tmp_path):
     """A LlamaForCausalLM turned into MLA by `convert_to_mla` runs in llama.cpp as transformers runs it."""
-    from hf_attn.tools.convert import convert_to_mla
+    from hf_attn.tools.conversion.convert import convert_to_mla
 
     llama = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=8,

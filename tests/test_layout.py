@@ -17,8 +17,12 @@ from hf_attn import HfAttnConfig, HfAttnForCausalLM
 PACKAGE = Path(hf_attn.__file__).parent
 MODEL_DIR = PACKAGE / "model"
 FIXTURES = Path(__file__).parent / "fixtures"
-# Layers, lowest first: a module may import its own layer and the ones below it.
-RANK = {"model": 0, "utils": 1, "train": 2, "tools": 3, "integrations": 3, "cli": 4}
+# Layers, lowest first: a module may import its own layer and the ones below it. A package with
+# parts of its own has its own ranks, for imports between those parts.
+RANKS = {
+    "hf_attn": {"model": 0, "utils": 1, "train": 2, "tools": 3, "integrations": 3, "cli": 4},
+    "hf_attn.tools": {"export": 0, "comparison": 0, "hub": 0, "conversion": 1, "benchmarks": 1, "demo": 1},
+}
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -32,9 +36,27 @@ def imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def layer_of(path: Path) -> str:
-    rel = path.relative_to(PACKAGE)
-    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+def module_name(path: Path) -> list[str]:
+    """The dotted name of a file's module, as parts: hf_attn/tools/hub.py -> [hf_attn, tools, hub]."""
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    return list(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def absolute(path: Path, level: int, module: str) -> list[str]:
+    """The module an import statement in `path` names, resolved the way Python resolves relative imports."""
+    if level == 0:
+        return module.split(".")
+    package = module_name(path) if path.name == "__init__.py" else module_name(path)[:-1]
+    base = package[: len(package) - (level - 1)]
+    return base + (module.split(".") if module else [])
+
+
+def parts_of(package: str) -> set[str]:
+    """The modules and subpackages directly inside `package` (a folder under hf_attn)."""
+    folder = PACKAGE.parent.joinpath(*package.split("."))
+    return {p.stem for p in folder.glob("*.py")} - {"__init__"} | {
+        p.name for p in folder.iterdir() if (p / "__init__.py").is_file()
+    }
 
 
 @pytest.mark.parametrize("path", sorted(MODEL_DIR.glob("*.py")), ids=lambda p: p.name)
@@ -48,24 +70,31 @@ def test_model_files_import_only_torch_transformers_stdlib_and_siblings(path):
             assert level == 1 and top in siblings, f"{path.name}: from {'.' * level}{module} import ..."
 
 
-def test_every_module_belongs_to_a_layer():
-    assert {layer_of(p) for p in PACKAGE.rglob("*.py")} - {"__init__"} == set(RANK)
+@pytest.mark.parametrize("package", sorted(RANKS))
+def test_every_module_belongs_to_a_layer(package):
+    assert parts_of(package) == set(RANKS[package])
+
+
+def test_every_package_has_a_docstring():
+    for init in PACKAGE.rglob("__init__.py"):
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init.relative_to(PACKAGE)}: no docstring"
 
 
 def test_imports_point_down():
     for path in PACKAGE.rglob("*.py"):
-        here = RANK.get(layer_of(path), len(RANK))
+        here = module_name(path)
         for level, module in imports(path):
-            if level == 0 and not module.startswith("hf_attn."):
+            target = absolute(path, level, module)
+            if target[0] != "hf_attn":
                 continue
-            if level == 0:
-                target = module.split(".")[1]
-            elif level == 1 or path.parent == PACKAGE:  # a sibling, or a subpackage of the top
-                target = layer_of(path) if path.parent != PACKAGE else module.split(".")[0]
-            else:
-                target = module.split(".")[0]
-            if target in RANK:
-                assert RANK[target] <= here, f"{path.relative_to(PACKAGE)} imports {target} (a higher layer)"
+            # the first place the two names part: within which package, and in which of its parts each is
+            common = next((i for i, (a, b) in enumerate(zip(here, target)) if a != b), None)
+            if common is None:
+                continue  # an import from a package the module sits in
+            ranks = RANKS.get(".".join(here[:common]), {})
+            mine, theirs = here[common], target[common]
+            if mine in ranks and theirs in ranks:
+                assert ranks[theirs] <= ranks[mine], f"{'.'.join(here)} imports {'.'.join(target)} (a higher layer)"
 
 
 def test_save_pretrained_copies_exactly_the_model_folder(tmp_path):

@@ -9,7 +9,7 @@ from transformers import DeepseekV3ForCausalLM, DynamicCache, StaticCache
 
 from hf_attn import to_deepseek_v3
 from hf_attn.model.attention_mla import ABSORB_MAX_QUERY_LEN, HfAttnMLAttention
-from hf_attn.tools.export import deepseek_v3_config
+from hf_attn.tools.export.to_transformers import deepseek_v3_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

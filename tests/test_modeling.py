@@ -7,7 +7,7 @@ from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaForCausalLM
 
 from hf_attn import HfAttnConfig, HfAttnForCausalLM, to_llama
-from hf_attn.tools.export import llama_config
+from hf_attn.tools.export.to_transformers import llama_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from hf_attn import HfAttnConfig, to_llama
-from hf_attn.tools.plain_decoder import NanoGPTStyleDecoder, PlainDecoder
+from hf_attn.tools.benchmarks.plain_decoder import NanoGPTStyleDecoder, PlainDecoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

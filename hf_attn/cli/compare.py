@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from ..tools.compare import (
+from ..tools.comparison.compare import (
     DEFAULTS,
     QUICK,
     CompareArgs,

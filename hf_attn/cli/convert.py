@@ -7,14 +7,14 @@
 The output is an ordinary hf_attn MLA folder (weights, config, modeling code, tokenizer, and
 conversion.json with the choices made); fine-tune it with `hf-attn-train --init-from OUT_DIR`.
 Calibration text comes from the data options (default: the offline default corpus's train split).
-The method is described in `hf_attn/tools/convert.py`.
+The method is described in `hf_attn/tools/conversion/convert.py`.
 """
 
 from __future__ import annotations
 
 import json
 
-from ..tools.convert import ConvertOptions, convert_folder
+from ..tools.conversion.convert import ConvertOptions, convert_folder
 from ..train.data import CorpusSpec
 from .base import command, parse
 

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..tools.export import export_folder
-from ..tools.gguf import DTYPES, export_gguf
+from ..tools.export.gguf import DTYPES, export_gguf
+from ..tools.export.to_transformers import export_folder
 from .base import command, parse
 
 

@@ -1,17 +1,17 @@
 """report.md of a comparison or sweep: the tables, the verdicts over seeds, the frontier, the plots.
 
 Every number printed here is read from the run records (results.json "runs") or computed from them by
-`compare_stats`, so that a test can recompute it.
+`stats`, so that a test can recompute it.
 """
 
 from __future__ import annotations
 
 import os
 
-from ..train.options import DEFAULT_PRESET
-from ..utils import markdown_table
-from .compare_plots import plot_quality_vs_cache, save_plots
-from .compare_stats import RULE
+from ...train.options import DEFAULT_PRESET
+from ...utils import markdown_table
+from .plots import plot_quality_vs_cache, save_plots
+from .stats import RULE
 from .sweep import FAMILIES
 
 
@@ -80,7 +80,7 @@ def _difference(paired: dict | None) -> str:
 
 def summary_table(summary: dict) -> str:
     """Per variant over seeds: cache, mean ± sd bits/char, the per-seed values, the paired difference
-    to MHA with its 95% t-interval, and the verdict by `compare_stats.RULE`."""
+    to MHA with its 95% t-interval, and the verdict by `stats.RULE`."""
     ok = [v for v in summary["variants"] if v["status"] == "ok"]
     block = ok[0]["block_size"] if ok else 0
     headers = ["variant", "attention dims", "cache", f"KV cache bytes at {block} tokens", "val bits/char mean ± sd"]
@@ -227,7 +227,7 @@ def seeds_section(summary: dict) -> list[str]:
 
 
 def sweep_section(output_dir: str, summary: dict, frontier: list[str], block_size: int) -> list[str]:
-    """The sweep's frontier plot and table (see `hf_attn.tools.sweep` for the ranges)."""
+    """The sweep's frontier plot and table (see `hf_attn.tools.comparison.sweep` for the ranges)."""
     family = lambda name: FAMILIES.get(name.partition(":")[0])  # noqa: E731
     plot_quality_vs_cache(
         os.path.join(output_dir, "sweep_frontier.png"), summary["variants"], block_size, frontier, family
@@ -235,7 +235,8 @@ def sweep_section(output_dir: str, summary: dict, frontier: list[str], block_siz
     return [
         "## Sweep: quality against cache size",
         "",
-        "Each point is one setting of one design, trained on the same budget (ranges: `hf_attn/tools/sweep.py`). "
+        "Each point is one setting of one design, trained on the same budget "
+        "(ranges: `hf_attn/tools/comparison/sweep.py`). "
         f"x: the KV-cache bytes one sequence holds at the block length ({block_size} tokens); bounded designs "
         "(sliding window, Performer) hold no more at longer contexts, the others grow at the bytes/token rate. "
         "The Pareto frontier holds the settings that no other beats on both cache and bits/char. To choose a "

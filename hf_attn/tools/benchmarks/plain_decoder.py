@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.configuration_hf_attn import HfAttnConfig
+from ...model.configuration_hf_attn import HfAttnConfig
 
 
 class PlainOutput(NamedTuple):

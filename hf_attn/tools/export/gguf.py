@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.attention_mla import LATENT_NORM_EPS
-from ..model.modeling_hf_attn import HfAttnForCausalLM
-from ..utils import HfAttnError
-from .export import load_for_export
+from ...model.attention_mla import LATENT_NORM_EPS
+from ...model.modeling_hf_attn import HfAttnForCausalLM
+from ...utils import HfAttnError
+from .to_transformers import load_for_export
 
 DTYPES = ("f32", "f16", "q8_0")
 # Only key/value-cache sizes are read from llama.cpp's log; see `load_llama_cpp`.

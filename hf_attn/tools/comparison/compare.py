@@ -17,8 +17,8 @@ standard setting, derived by `HfAttnConfig` from the shared head dim d_h (see VA
 (accelerate's seedable sampler draws each epoch's order from seed + epoch, whatever the model), so
 every variant sees the same batches for a seed; the train/validation split is the corpus's
 `data_seed` and does not change. `sweep` trains a range of settings per design instead
-(`hf_attn.tools.sweep`). Statistics over seeds and the Pareto frontier: `compare_stats`; report.md
-and plots: `compare_report`, `compare_plots`.
+(`hf_attn.tools.comparison.sweep`). Statistics over seeds and the Pareto frontier: `stats`; report.md
+and plots: `report`, `plots`.
 
 Every variant trains in a fresh process (forked from a forkserver): accelerate's state is per process, a crash in
 one variant cannot take the others down, and the peak memory (max RSS) is the variant's own.
@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.configuration_hf_attn import HfAttnConfig
-from ..train.options import DEFAULT_PRESET, ModelOptions, TrainArgs, format_overrides, parse_overrides
-from ..utils import cache_bytes, environment, prepare_output_dir
-from .compare_report import attention_dims, comparison_table, write_comparison_report
-from .compare_stats import frontier_of, summarize
+from ...model.configuration_hf_attn import HfAttnConfig
+from ...train.options import DEFAULT_PRESET, ModelOptions, TrainArgs, format_overrides, parse_overrides
+from ...utils import cache_bytes, environment, prepare_output_dir
+from .report import attention_dims, comparison_table, write_comparison_report
+from .stats import frontier_of, summarize
 from .sweep import sweep_variants
 
 __all__ = ["comparison_table", "run_comparison", "CompareArgs", "CompareOptions", "VARIANTS"]
@@ -155,7 +155,8 @@ class CompareOptions:
         default=False,
         metadata={
             "help": "train a range of settings per design instead (kv heads, MLA rank, window, Performer "
-            "features; see hf_attn/tools/sweep.py) and plot the Pareto frontier of bits/char against cache bytes"
+            "features; see hf_attn/tools/comparison/sweep.py) and plot the Pareto frontier of bits/char "
+            "against cache bytes"
         },
     )
     decode_context: int = field(default=2048, metadata={"help": "context of the decode-speed measurement; 0 skips it"})
@@ -311,8 +312,8 @@ def attention_parameter_count(model) -> int:
 
 def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, seed: int) -> dict:
     """Train one variant with one seed and measure it; runs inside a fresh process (see `run_comparison`)."""
-    from ..model.modeling_hf_attn import HfAttnForCausalLM
-    from ..train.loop import train
+    from ...model.modeling_hf_attn import HfAttnForCausalLM
+    from ...train.loop import train
 
     # every core, unless the caller limits threads (OMP_NUM_THREADS=1 to run two comparisons side by side)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))

@@ -16,7 +16,7 @@ because at the tiny preset's T = 32 they would be one token.
 
 from __future__ import annotations
 
-from ..model.configuration_hf_attn import HfAttnConfig
+from ...model.configuration_hf_attn import HfAttnConfig
 
 # --variants name -> the family whose range the sweep trains
 FAMILIES = {"mha": "kv_heads", "gqa": "kv_heads", "mqa": "kv_heads", "mla": "mla", "mla-q": "mla"}

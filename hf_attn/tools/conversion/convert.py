@@ -48,10 +48,10 @@ from typing import Literal
 import torch
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
-from ..model.configuration_hf_attn import HfAttnConfig
-from ..model.modeling_hf_attn import HfAttnForCausalLM
-from ..train.data import CorpusSpec, load_text_splits
-from ..utils import HfAttnError, check_weights, prepare_output_dir
+from ...model.configuration_hf_attn import HfAttnConfig
+from ...model.modeling_hf_attn import HfAttnForCausalLM
+from ...train.data import CorpusSpec, load_text_splits
+from ...utils import HfAttnError, check_weights, prepare_output_dir
 
 LATENT_NORMS = ("fit", "bypass")
 MARKER = "conversion.json"

@@ -21,14 +21,14 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
-from ..model.configuration_hf_attn import HfAttnConfig
-from ..model.modeling_hf_attn import HfAttnForCausalLM
-from ..train.data import CorpusSpec, build_lm_data
-from ..train.evaluation import evaluate_loss, lm_metrics
-from ..train.loop import train
-from ..train.options import ModelOptions, TrainArgs, TrainOptions, format_overrides
-from ..utils import environment, markdown_table, prepare_output_dir, read_jsonl
-from .compare import DEFAULTS, VARIANTS, CompareArgs, load_variant_points, measure_kv_cache, variant_model
+from ...model.configuration_hf_attn import HfAttnConfig
+from ...model.modeling_hf_attn import HfAttnForCausalLM
+from ...train.data import CorpusSpec, build_lm_data
+from ...train.evaluation import evaluate_loss, lm_metrics
+from ...train.loop import train
+from ...train.options import ModelOptions, TrainArgs, TrainOptions, format_overrides
+from ...utils import environment, markdown_table, prepare_output_dir, read_jsonl
+from ..comparison.compare import DEFAULTS, VARIANTS, CompareArgs, load_variant_points, measure_kv_cache, variant_model
 from .convert import calibration_ids, check_request, convert_to_mla, rope_stride_of
 
 MARKER = "convert_experiment.json"

@@ -4,7 +4,7 @@ Mistral for MHA/GQA/MQA with a sliding window (or without). Performer has no tra
 hf_attn uses the same parameter names as those classes, so an export is a config translation plus
 a strict `load_state_dict`: any naming or shape drift fails loudly instead of loading half a model.
 `export_folder` writes the result as a plain transformers folder (weights, config, tokenizer) that
-loads without hf_attn; GGUF files for llama.cpp are written by `hf_attn.tools.gguf`.
+loads without hf_attn; GGUF files for llama.cpp are written by `hf_attn.tools.export.gguf`.
 """
 
 import os
@@ -21,9 +21,9 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from ..model.configuration_hf_attn import HfAttnConfig
-from ..model.modeling_hf_attn import HfAttnForCausalLM
-from ..utils import HfAttnError, check_weights
+from ...model.configuration_hf_attn import HfAttnConfig
+from ...model.modeling_hf_attn import HfAttnForCausalLM
+from ...utils import HfAttnError, check_weights
 
 # --format of `hf-attn-export` -> the attention types it takes, and what to use for the others.
 FOLDER_FORMATS = {

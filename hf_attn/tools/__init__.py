@@ -1,0 +1,1 @@
+"""Tools built on the model and the training loop: comparison, conversion, export, benchmarks, Hub, demo."""
