@@ -95,8 +95,8 @@ def expected_cache_bytes(cfg: dict, tokens: int) -> int:
     """The cache a design holds after `tokens` tokens, from its dims (float32: 4 bytes an element)."""
     if cfg["attention_type"] == "mla":
         per_layer = (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * tokens
-    elif cfg["attention_type"] == "performer":  # per K/V head: sum of phi(k) v^T (m x d) and of phi(k) (m)
-        per_layer = cfg["num_key_value_heads"] * cfg["performer_features"] * (cfg["head_dim"] + 1)
+    elif cfg["attention_type"] == "performer":  # per K/V head: sums of phi(k) v^T and phi(k), and a count row
+        per_layer = cfg["num_key_value_heads"] * (cfg["performer_features"] + 1) * (cfg["head_dim"] + 1)
     else:  # transformers' sliding-window layer keeps the last window - 1 keys and values
         kept = tokens if cfg["sliding_window"] is None else min(tokens, cfg["sliding_window"] - 1)
         per_layer = 2 * cfg["num_key_value_heads"] * cfg["head_dim"] * kept

@@ -48,8 +48,7 @@ BAD_CONFIGS = [
     (dict(attention_type="gqa", sliding_window=1), "sliding_window"),
     (dict(attention_type="gqa", sliding_window=0), "sliding_window"),
     (dict(attention_type="mha", sliding_window=8.0), "sliding_window"),
-    (dict(attention_type="mla", sliding_window=8), "sliding_window"),
-    (dict(attention_type="performer", sliding_window=8), "sliding_window"),
+    (dict(attention_type="mla", sliding_window=1), "sliding_window"),
     # Performer fields on other types, and Performer's rules
     (dict(attention_type="mha", performer_features=32), "performer_features"),
     (dict(attention_type="mla", performer_chunk_size=32), "performer_chunk_size"),
@@ -172,7 +171,7 @@ def test_kv_cache_elements_bounded_designs():
     assert [window.kv_cache_elements(n) // (2 * 2 * 16 * 2) for n in (0, 3, 7, 8, 1000)] == [0, 3, 7, 7, 7]
     performer = HfAttnConfig.from_preset("tiny", attention_type="performer", num_key_value_heads=2)
     assert performer.kv_cache_bounded and performer.kv_cache_elements_per_token == 0
-    state = 2 * 2 * 64 * (16 + 1)  # layers * kv heads * features (4 d_h) * (head_dim + 1): [S | z]
+    state = 2 * 2 * (64 + 1) * (16 + 1)  # layers * kv heads * (features (4 d_h) + count) * (head_dim + 1): [S | z]
     assert [performer.kv_cache_elements(n) for n in (0, 1, 10, 10_000)] == [0, state, state, state]
     with pytest.raises(ValueError, match="seq_len"):
         performer.kv_cache_elements(-1)
@@ -187,7 +186,7 @@ def test_performer_defaults_and_user_values():
     assert {k: getattr(config, k) for k in values} == values
     for attention_type in ("mha", "mla"):
         config = HfAttnConfig.from_preset("tiny", attention_type=attention_type)
-        assert config.performer_features is None and getattr(config, "layer_types", None) is None
+        assert config.performer_features is None and config.layer_types == ["full_attention"] * 2
 
 
 def _without_auto_map(config_dict: dict) -> dict:

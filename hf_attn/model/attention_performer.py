@@ -34,6 +34,7 @@ order from the mask itself (Haviv et al. 2022, "Transformer language models with
 still learn positional information"), and without positions the decode state needs no token count.
 """
 
+import hashlib
 import math
 
 import torch
@@ -41,6 +42,8 @@ from torch import nn
 from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 
 from .configuration_hf_attn import HfAttnConfig
+
+MAX_LAYERS = 1 << 12  # a layer's seed is performer_seed * MAX_LAYERS + layer index
 
 
 def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -50,13 +53,15 @@ def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator)
     """
     blocks = []
     for _ in range(math.ceil(num_features / dim)):
-        gaussian = torch.randn(dim, dim, generator=generator)
+        # float32 whatever the default dtype: QR has no half-precision CPU kernel
+        gaussian = torch.randn(dim, dim, generator=generator, dtype=torch.float32, device="cpu")
         q, r = torch.linalg.qr(gaussian)  # (dim, dim), orthonormal columns
         # QR's sign convention fixes the sign of R's diagonal, which makes Q's columns point one way;
         # multiplying by those signs gives a uniformly (Haar) distributed Q, and an unbiased estimator.
         blocks.append((q * torch.sign(torch.diagonal(r))).T)
     rows = torch.cat(blocks)[:num_features]  # (m, dim)
-    norms = torch.randn(num_features, dim, generator=generator).norm(dim=1, keepdim=True)  # (m, 1): chi(dim)
+    gaussian = torch.randn(num_features, dim, generator=generator, dtype=torch.float32, device="cpu")
+    norms = gaussian.norm(dim=1, keepdim=True)  # (m, 1): chi(dim)
     return rows * norms
 
 
@@ -110,22 +115,6 @@ def causal_linear_attention(
     return torch.cat(outputs, dim=3), state
 
 
-def padding_mask_for_new_tokens(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
-    """The (B, seq_len) boolean mask (True = a real token) of the new positions, or None when nothing is padded.
-
-    generate() passes a 2D mask over the whole sequence so far; its last `seq_len` columns are the
-    new tokens. Performer has no use for a 4D mask: causality is built into the prefix sums.
-    """
-    if attention_mask is None:
-        return None
-    if attention_mask.dim() != 2:
-        raise ValueError(
-            f"attention_type='performer' takes a 2D padding mask (batch, length), got {attention_mask.dim()}D."
-        )
-    mask = attention_mask[:, -seq_len:].bool()
-    return None if bool(mask.all()) else mask
-
-
 def _cached_state(cache: Cache, layer_idx: int) -> torch.Tensor | None:
     """This layer's [S | z] state from the cache (None before the first token); refuses a cache of K/V layers."""
     if layer_idx >= len(cache.layers) or not isinstance(cache.layers[layer_idx], LinearAttentionCacheLayerMixin):
@@ -161,13 +150,27 @@ class HfAttnPerformerAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
         # Saved with the weights: the features in use, the seed of this layer's schedule, and its position.
-        self.register_buffer("projection", torch.zeros(self.num_features, self.head_dim))
-        self.register_buffer("feature_seed", torch.zeros((), dtype=torch.long))
+        # Drawn here, from the config's seed and the layer index, so that a model built on the meta device and
+        # initialised later (`_init_weights`) gets the same features as one built directly; a checkpoint's
+        # saved buffers replace them on load.
+        self.layer_seed = config.performer_seed * MAX_LAYERS + layer_idx
+        self.register_buffer("projection", self.draw_features(self.layer_seed, draw=0))
+        self.register_buffer("feature_seed", torch.tensor(self.layer_seed, dtype=torch.long, device="cpu"))
         self.register_buffer("forward_steps", torch.zeros((), dtype=torch.long))
+
+    def cached_tokens(self, cache: Cache) -> int:
+        """Positions (padding included) this layer's state in `cache` has read; 0 before the first token."""
+        state = _cached_state(cache, self.layer_idx)
+        if state is None or state.shape[2] == self.num_features:  # no count row: a state from before it was kept
+            return 0
+        return int(state[:, 0, -1, -1].max())  # (B, kv, m + 1, d + 1): the count feature's ones column
 
     def draw_features(self, seed: int, draw: int) -> torch.Tensor:
         """Projection number `draw` of the schedule seeded by `seed`: (performer_features, head_dim), float32, CPU."""
-        generator = torch.Generator().manual_seed((seed << 20) + draw)
+        # torch's CPU generator keeps only the low 32 bits of a seed: hash (seed, draw) into them, so that no
+        # two layers, seeds or draws share features
+        digest = hashlib.blake2b(f"{seed}:{draw}".encode(), digest_size=4).digest()
+        generator = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest, "little"))
         return orthogonal_gaussian(self.num_features, self.head_dim, generator)
 
     @torch.no_grad()
@@ -187,7 +190,8 @@ class HfAttnPerformerAttention(nn.Module):
         cache: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
-        """`attention_mask` is the (B, T) padding mask of the new tokens (None: none padded); positions are unused."""
+        """`attention_mask` is the (B, T) padding mask of the new tokens (transformers' recurrent-attention mask:
+        1 = a real token; None = none padded); positions are unused."""
         batch, seq_len, _ = hidden_states.shape
         kv, groups, d = self.num_key_value_heads, self.num_key_value_groups, self.head_dim
         scale = d**-0.25  # q . k / sqrt(d) = (q d^-1/4) . (k d^-1/4)
@@ -199,7 +203,13 @@ class HfAttnPerformerAttention(nn.Module):
         query_features = favor_features(query * scale, self.projection, is_query=True)  # (B, kv, g, T, m)
         key_features = favor_features(key * scale, self.projection, is_query=False)  # (B, kv, T, m)
         if attention_mask is not None:  # padded positions add nothing to the state
-            key_features = key_features.masked_fill(~attention_mask[:, None, :, None], 0.0)
+            key_features = key_features * attention_mask[:, None, :, None].to(key_features.dtype)
+        if cache is not None:
+            # One more feature, 1 for every key and 0 for every query: it changes no output, and its entry in
+            # the state's last column counts the positions read (`cached_tokens`), which generate() needs in
+            # order to continue from a returned cache (it can ask no length of a linear-attention cache).
+            key_features = nn.functional.pad(key_features, (0, 1), value=1.0)
+            query_features = nn.functional.pad(query_features, (0, 1), value=0.0)
         # (B, kv, T, d + 1): a column of ones makes the last output column the denominator phi(q) . z
         values = torch.cat((value.float(), value.new_ones(batch, kv, seq_len, 1, dtype=torch.float32)), dim=-1)
 

@@ -5,6 +5,9 @@ is at home, and so that checkpoints export to those classes without renaming.
 """
 
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla", "performer")
 GQA_FAMILY = ("mha", "mqa", "gqa")
@@ -13,7 +16,7 @@ GQA_FAMILY = ("mha", "mqa", "gqa")
 # (`layer_types` is derived for Performer, which uses transformers' "linear_attention" cache layers;
 # a user-given value is accepted only when it equals the derived one, so a reloaded config passes.)
 UNSUPPORTED_FIELDS = ("attention_chunk_size", "use_sliding_window", "rope_scaling")
-PERFORMER_FIELDS = ("performer_features", "performer_redraw_interval", "performer_chunk_size")
+PERFORMER_FIELDS = ("performer_features", "performer_redraw_interval", "performer_chunk_size", "performer_seed")
 # Performer defaults (see `_derive_performer`).
 PERFORMER_REDRAW_INTERVAL = 1000
 PERFORMER_CHUNK_SIZE = 64
@@ -121,6 +124,8 @@ class HfAttnConfig(PreTrainedConfig):
     performer_features: int | None = None
     performer_redraw_interval: int | None = None
     performer_chunk_size: int | None = None
+    # Performer only: seeds every layer's random features and their redraw schedule (default 0).
+    performer_seed: int | None = None
 
     def __post_init__(self, **kwargs):
         layer_types = kwargs.pop("layer_types", None)
@@ -163,9 +168,7 @@ class HfAttnConfig(PreTrainedConfig):
                     raise ValueError(
                         f"{name} applies only to attention_type='performer', not {self.attention_type!r}."
                     )
-        expected = self._layer_types(layer_types)
-        if expected is not None:
-            kwargs["layer_types"] = expected
+        self._check_layer_types(layer_types)
 
         if self.rope_parameters is None and "rope_theta" not in kwargs:
             kwargs["rope_theta"] = 10000.0
@@ -213,26 +216,46 @@ class HfAttnConfig(PreTrainedConfig):
     def _check_sliding_window(self):
         if self.sliding_window is None:
             return
-        if self.attention_type not in GQA_FAMILY:
-            raise ValueError(f"sliding_window applies to attention_type in {GQA_FAMILY}, not {self.attention_type!r}.")
         self._check_positive("sliding_window")
         if self.sliding_window < 2:
             # transformers' sliding-window cache layer keeps the last `sliding_window - 1` keys: 0 would keep all
             raise ValueError(f"sliding_window must be at least 2, got {self.sliding_window}.")
+        if self.attention_type not in GQA_FAMILY:
+            # Kept, not refused: generic code (transformers' own model tests) sets the attribute wherever it
+            # exists. It changes nothing: `layer_types` stays full (MLA) or linear (Performer), and those are
+            # what transformers' caches and masks read.
+            logger.warning_once(
+                f"sliding_window={self.sliding_window} has no effect with attention_type={self.attention_type!r}: "
+                f"only {GQA_FAMILY} have windowed layers."
+            )
 
-    def _layer_types(self, given: list[str] | None) -> list[str] | None:
-        """The cache layer types transformers should build; a `given` value (a saved config's) must equal them.
+    @property
+    def effective_sliding_window(self) -> int | None:
+        """The window the layers apply: `sliding_window` for MHA/GQA/MQA, None for the designs without one."""
+        return self.sliding_window if self.attention_type in GQA_FAMILY else None
 
-        Performer keeps transformers' "linear_attention" layers (a constant state); the others leave it
-        unset, and transformers infers full or sliding-window layers from `sliding_window`.
+    @property
+    def layer_types(self) -> list[str]:
+        """Each layer's type in transformers' terms, which its caches and mask builders read.
+
+        Derived on every read, so it always agrees with `attention_type` and `sliding_window`, also after
+        either is changed on a built config (a stored list would go stale); not saved in config.json.
         """
-        expected = ["linear_attention"] * self.num_hidden_layers if self.attention_type == "performer" else None
-        if given is not None and list(given) != expected:
+        if self.attention_type == "performer":
+            layer_type = "linear_attention"  # a constant-size state (transformers' linear-attention cache layers)
+        elif self.effective_sliding_window is not None:
+            layer_type = "sliding_attention"
+        else:
+            layer_type = "full_attention"
+        return [layer_type] * self.num_hidden_layers
+
+    def _check_layer_types(self, given: list[str] | None) -> None:
+        """A `layer_types` passed in (a saved config's) must equal the derived one."""
+        if given is not None and list(given) != self.layer_types:
             raise ValueError(
-                f"layer_types={given!r}: hf_attn derives it from attention_type ({expected!r} here); "
+                f"layer_types={given!r}: hf_attn derives it from attention_type ({self.layer_types!r} here); "
                 "transformers' caches read it, so another value would cache something the model does not compute."
             )
-        return expected
 
     def _derive_performer(self):
         heads = self.num_attention_heads
@@ -248,10 +271,14 @@ class HfAttnConfig(PreTrainedConfig):
             ("performer_features", 4 * self.head_dim),
             ("performer_redraw_interval", PERFORMER_REDRAW_INTERVAL),
             ("performer_chunk_size", PERFORMER_CHUNK_SIZE),
+            ("performer_seed", 0),
         ):
             if getattr(self, name) is None:
                 setattr(self, name, default)
         self._check_positive("performer_features", "performer_chunk_size")
+        seed = self.performer_seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**20:
+            raise ValueError(f"performer_seed must be an integer in [0, 2**20), got {seed!r}.")
         interval = self.performer_redraw_interval
         if not isinstance(interval, int) or isinstance(interval, bool) or interval < 0:
             raise ValueError(f"performer_redraw_interval must be an integer >= 0 (0 = never), got {interval!r}.")
@@ -326,7 +353,9 @@ class HfAttnConfig(PreTrainedConfig):
 
     @property
     def rope_dim(self) -> int:
-        """Number of dimensions per head that RoPE rotates."""
+        """Number of dimensions per head that RoPE rotates (0: the design takes no positions)."""
+        if self.attention_type == "performer":
+            return 0
         return self.qk_rope_head_dim if self.attention_type == "mla" else self.head_dim
 
     @property
@@ -349,7 +378,7 @@ class HfAttnConfig(PreTrainedConfig):
     @property
     def kv_cache_bounded(self) -> bool:
         """Whether the cache stops growing with the context (sliding window, Performer)."""
-        return self.attention_type == "performer" or self.sliding_window is not None
+        return self.attention_type == "performer" or self.effective_sliding_window is not None
 
     def kv_cache_elements(self, seq_len: int) -> int:
         """Elements the cache holds, all layers together, after one sequence of `seq_len` tokens.
@@ -357,14 +386,16 @@ class HfAttnConfig(PreTrainedConfig):
         Grows linearly for MHA/GQA/MQA/MLA. A sliding-window cache keeps the last
         `sliding_window - 1` tokens (transformers' `DynamicSlidingWindowLayer`: the next token's own
         key completes the window). Performer keeps, per layer and K/V head, the running sums of
-        phi(k) v^T and phi(k): performer_features * (head_dim + 1) values, whatever `seq_len` is.
+        phi(k) v^T and phi(k), plus one row that counts the positions read (generate() continues from it):
+        (performer_features + 1) * (head_dim + 1) values, whatever `seq_len` is.
         """
         if not isinstance(seq_len, int) or seq_len < 0:
             raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}.")
         if self.attention_type == "performer":
-            per_layer = self.num_key_value_heads * self.performer_features * (self.head_dim + 1)
+            per_layer = self.num_key_value_heads * (self.performer_features + 1) * (self.head_dim + 1)
             return per_layer * self.num_hidden_layers if seq_len else 0
-        tokens = seq_len if self.sliding_window is None else min(seq_len, self.sliding_window - 1)
+        window = self.effective_sliding_window
+        tokens = seq_len if window is None else min(seq_len, window - 1)
         return self.kv_cache_elements_per_token * tokens
 
     @property

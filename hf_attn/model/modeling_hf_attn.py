@@ -13,7 +13,8 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.generation.utils import GenerationMode
+from transformers.masking_utils import LAYER_PATTERN_TO_MASK_FUNCTION_MAPPING, find_packed_sequence_indices
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
@@ -24,8 +25,16 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .attention import HfAttnAttention
 from .attention_mla import HfAttnMLAttention
-from .attention_performer import HfAttnPerformerAttention, padding_mask_for_new_tokens
+from .attention_performer import HfAttnPerformerAttention
 from .configuration_hf_attn import HfAttnConfig
+
+# The decoding modes whose default cache `HfAttnForCausalLM.default_cache_implementation` picks.
+STATIC_CACHE_MODES = (
+    GenerationMode.GREEDY_SEARCH,
+    GenerationMode.SAMPLE,
+    GenerationMode.BEAM_SEARCH,
+    GenerationMode.BEAM_SAMPLE,
+)
 
 ATTENTION_CLASSES = {
     "mha": HfAttnAttention,
@@ -41,6 +50,12 @@ class HfAttnRotaryEmbedding(nn.Module):
 
     def __init__(self, config: HfAttnConfig):
         super().__init__()
+        rope_type = config.rope_parameters.get("rope_type", "default")
+        if rope_type != "default":  # the config refuses it too; this catches one changed after it was built
+            raise ValueError(
+                f"rope_parameters['rope_type']={rope_type!r}: hf_attn implements plain RoPE only ('default'); "
+                "a scaled RoPE would be ignored, so it is refused."
+            )
         self.dim = config.rope_dim
         self.base = config.rope_parameters["rope_theta"]
         self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
@@ -110,7 +125,7 @@ class HfAttnPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {
         "hidden_states": HfAttnDecoderLayer,
-        "attentions": (HfAttnAttention, HfAttnMLAttention, HfAttnPerformerAttention),
+        "attentions": [HfAttnAttention, HfAttnMLAttention, HfAttnPerformerAttention],
     }
 
     def _init_weights(self, module):
@@ -118,11 +133,11 @@ class HfAttnPreTrainedModel(PreTrainedModel):
         if isinstance(module, HfAttnRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
         if isinstance(module, HfAttnPerformerAttention):
-            # A checkpoint's saved projection is kept: `init.copy_` skips tensors already loaded.
-            seed = int(torch.randint(0, 2**31 - 1, ()))  # from torch's global RNG: set_seed fixes it
-            init.copy_(module.feature_seed, torch.tensor(seed))
+            # The same features as the module's own __init__ (from the config's seed); a checkpoint's saved
+            # buffers are kept: `init.copy_` skips tensors already loaded.
+            init.copy_(module.feature_seed, torch.tensor(module.layer_seed))
             init.zeros_(module.forward_steps)
-            init.copy_(module.projection, module.draw_features(seed, draw=0))
+            init.copy_(module.projection, module.draw_features(module.layer_seed, draw=0))
 
 
 class HfAttnModel(HfAttnPreTrainedModel):
@@ -138,12 +153,13 @@ class HfAttnModel(HfAttnPreTrainedModel):
         self.post_init()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name transformers uses for linear caches
     @merge_with_config_defaults
     @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
@@ -158,62 +174,84 @@ class HfAttnModel(HfAttnPreTrainedModel):
         # (transformers' T5Gemma does the same).
         if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
-        if self.config.attention_type == "performer":
-            return self._performer_forward(inputs_embeds, attention_mask, cache, use_cache, **kwargs)
+        # e.g. Performer's feature redraws: outside the layers, so gradient checkpointing replays none
+        if self.training:
+            for layer in self.layers:
+                if hasattr(layer.self_attn, "advance_features"):
+                    layer.self_attn.advance_features()
 
-        past_len = cache.get_seq_length() if cache is not None else 0
-        total_len = past_len + inputs_embeds.shape[1]
-        # A StaticCache's length is a tensor: checking it under torch.compile would split the graph
-        # (a data-dependent branch), so the compiled decode step of `generate` skips the check.
-        if not torch.compiler.is_compiling() and total_len > self.config.max_position_embeddings:
-            # RoPE itself would extrapolate, but the model was never trained on such positions.
-            raise ValueError(
-                f"Sequence length {total_len} (cached {past_len} + new {inputs_embeds.shape[1]}) exceeds "
-                f"max_position_embeddings={self.config.max_position_embeddings}. Shorten the prompt or "
-                "max_new_tokens."
-            )
+        # A design without positions keeps no token count: transformers' linear-attention cache layers track none
+        past_len = cache.get_seq_length() if cache is not None and self.config.rope_dim else 0
         if position_ids is None:
             # arange(T) + past, not arange(past, total): a tensor length (StaticCache) stays in the graph
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_len).unsqueeze(0)
+            given_positions = False
+        else:
+            given_positions = True
+        # Checks that read tensor values would split a compiled graph: the compiled decode step skips them.
+        if not torch.compiler.is_compiling():
+            self._check_positions(position_ids, given_positions, past_len, inputs_embeds.shape[1], attention_mask)
 
-        mask_function = create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
-        causal_mask = mask_function(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
-        )
+        # One mask per layer type, from transformers' own builders (as its hybrid models do): causal, sliding
+        # window, or the 2D padding mask of recurrent (linear-attention) layers.
+        masks = attention_mask
+        if isinstance(masks, torch.Tensor) and masks.dim() != 2 and "linear_attention" in self.config.layer_types:
+            # transformers' recurrent mask builder would drop it without a word
+            raise ValueError(
+                f"attention_type={self.config.attention_type!r} takes a 2D padding mask (batch, length), "
+                f"got {masks.dim()}D: its layers have no attention matrix to mask."
+            )
+        if not isinstance(masks, dict):
+            mask_kwargs = {
+                "config": self.config,
+                "inputs_embeds": inputs_embeds,
+                "attention_mask": attention_mask,
+                "cache": cache,
+                "position_ids": position_ids,
+            }
+            masks = {
+                layer_type: LAYER_PATTERN_TO_MASK_FUNCTION_MAPPING[layer_type](**mask_kwargs)
+                for layer_type in set(self.config.layer_types)
+            }
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states = inputs_embeds
-        for layer in self.layers:
+        for layer, layer_type in zip(self.layers, self.config.layer_types):
             hidden_states = layer(
                 hidden_states,
                 position_embeddings,
-                attention_mask=causal_mask,
+                attention_mask=masks[layer_type],
                 cache=cache,
                 use_cache=use_cache,
+                position_ids=position_ids,  # flash kernels read packed sequences off them
                 **kwargs,
             )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
 
-    def _performer_forward(self, inputs_embeds, attention_mask, cache, use_cache, **kwargs) -> BaseModelOutputWithPast:
-        """FAVOR+ layers take no positions (see attention_performer.py) and a (B, T) padding mask, not a 4D one.
+    def _check_positions(self, position_ids, given_positions, past_len, new_len, attention_mask) -> None:
+        """Refuse positions the model was not trained on, and packed batches a design cannot keep apart.
 
-        The cache holds a constant-size state with no sequence axis, so there is no cached length to
-        check against `max_position_embeddings`: the model has no position embedding to run out of.
+        Positions, not token counts: a padding-free packed batch (several documents in one row, their
+        `position_ids` restarting at 0, as TRL's packing and `DataCollatorWithFlattening` send) is longer
+        than any of its documents.
         """
-        if self.training:  # the seeded redraw schedule; outside the layers, so gradient checkpointing replays none
-            for layer in self.layers:
-                layer.self_attn.advance_features()
-        padding_mask = padding_mask_for_new_tokens(attention_mask, inputs_embeds.shape[1])
-        hidden_states = inputs_embeds
-        for layer in self.layers:
-            hidden_states = layer(
-                hidden_states, None, attention_mask=padding_mask, cache=cache, use_cache=use_cache, **kwargs
+        if self.config.rope_dim == 0:
+            # No position embedding to run out of; but one running state per row, so packed documents
+            # would read each other (transformers detects packing from restarting positions, without a mask).
+            if given_positions and attention_mask is None and find_packed_sequence_indices(position_ids) is not None:
+                raise ValueError(
+                    f"attention_type={self.config.attention_type!r} keeps one running state per batch row, so a "
+                    "packed batch (position_ids restarting inside a row) would mix its documents: pad them instead."
+                )
+            return
+        # RoPE itself would extrapolate, but the model was never trained on such positions.
+        longest = int(position_ids.max()) + 1 if given_positions else past_len + new_len
+        if longest > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {longest} (cached {past_len} + new {new_len}) exceeds "
+                f"max_position_embeddings={self.config.max_position_embeddings}. Shorten the prompt or "
+                "max_new_tokens."
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
 
 
 class HfAttnForCausalLM(HfAttnPreTrainedModel, GenerationMixin):
@@ -235,8 +273,7 @@ class HfAttnForCausalLM(HfAttnPreTrainedModel, GenerationMixin):
         keeps the dynamic cache: transformers' static sliding layer rolls its whole buffer once full (two
         copies a step), the dynamic one concatenates (one copy).
         """
-        bounded = self.config.sliding_window is not None or self.config.attention_type == "performer"
-        return "dynamic" if bounded else "static"
+        return "dynamic" if self.config.kv_cache_bounded else "static"
 
     def __init__(self, config: HfAttnConfig):
         super().__init__(config)
@@ -244,23 +281,67 @@ class HfAttnForCausalLM(HfAttnPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, *args, **kwargs):
         """generate()'s cache hook: with no cache and no `cache_implementation` given, build the default one.
 
         Set here rather than in the saved generation config, because generate refuses a config's
         `cache_implementation` together with a cache the caller passes. The config is generate's own copy.
-        Flash-attention kernels keep the DynamicCache: generate drops an all-ones mask before this hook,
-        and flash attention needs it over a static cache's empty slots.
+        Only greedy, sampling and beam decoding change cache: assisted and prompt-lookup decoding crop the
+        cache back after rejected tokens, which transformers does on its DynamicCache. Flash-attention
+        kernels keep the DynamicCache too: generate drops an all-ones mask before this hook, and flash
+        attention needs it over a static cache's empty slots.
         """
         if (
             model_kwargs.get("cache") is None
             and generation_config.cache_implementation is None
+            and generation_mode in STATIC_CACHE_MODES
             and "flash" not in (self.config._attn_implementation or "")
         ):
             generation_config.cache_implementation = self.default_cache_implementation
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, *args, **kwargs)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        next_sequence_length=None,
+        cache=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        is_first_iteration=False,
+        **kwargs,
+    ):
+        """generate()'s input step, plus what a cache of only linear-attention layers (Performer) needs.
+
+        generate slices the already-cached prefix off a continued prompt by the cache's length, and a
+        linear-attention cache reports none; the layers count the positions they have read instead. Steps
+        after the first get no mask: a generated token is never padding, and a mask that grows each step
+        would recompile a compiled forward every step (transformers' Mamba2 drops it the same way).
+        """
+        linear = cache is not None and len(cache.layers) > 0 and all(cache.is_linear)
+        if linear and is_first_iteration and next_sequence_length is None:
+            seen = self.model.layers[0].self_attn.cached_tokens(cache)
+            new = inputs_embeds if inputs_embeds is not None else input_ids
+            # as generate does for attention caches: embeddings are always the whole sequence; ids are when
+            # the mask covers exactly them
+            whole = inputs_embeds is not None or attention_mask is None or attention_mask.shape[1] == new.shape[1]
+            if seen and whole and new.shape[1] > seen:
+                next_sequence_length = new.shape[1] - seen
+        inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if linear and not is_first_iteration:
+            inputs["attention_mask"] = None
+        return inputs
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
@@ -292,7 +373,13 @@ class HfAttnForCausalLM(HfAttnPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 HfAttnConfig.register_for_auto_class()
