@@ -2,6 +2,7 @@
 # Regenerate constraints.txt: the exact version of every package that the README's test command
 # installs (`pip install "torch==2.13.0" -e ".[dev]"`, then scripts/ci_setup.sh), resolved afresh
 # from the ranges in pyproject.toml and scripts/ci_setup.sh in a new, empty virtual environment.
+# (ci_setup.sh also installs Debian's Chromium with apt-get where it is missing: run as root.)
 #
 #     bash scripts/refresh_constraints.sh      # minutes: llama-cpp-python builds unless pip has its wheel
 #
