@@ -75,7 +75,7 @@ def test_bench_decode_runs_each_path_with_the_same_tokens(tmp_path):
     """At toy size, for MLA, its DeepseekV3 twin and the windowed MHA (a cache copied across the batch
     for each layer kind); every design's paths are checked more cheaply in test_decode_paths.py."""
     out = tmp_path / "decode.json"
-    args = ["--contexts", "12", "--batches", "3", "--steps", "2", "--repeats", "1", "--compile-cells"]
+    args = ["--contexts", "12", "--batches", "3", "--steps", "2", "--repeats", "1", "--compile-cells", "none"]
     args += ["--models", "mla", "deepseek_v3", "mha_window", "--vocab-size", "256", "--window", "8"]
     run_script("bench_decode.py", *args, "--threads", "1", "--json", str(out))
     cells = json.loads(out.read_text())["results"]["cells"]

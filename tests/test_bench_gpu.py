@@ -1,11 +1,10 @@
-"""scripts/bench_gpu.py: the FLOPs formula by hand, and the whole benchmark in --smoke mode on CPU.
+"""The GPU benchmark: the FLOPs formula by hand, and `scripts/bench_gpu.py --smoke`, every part on CPU.
 
 The smoke run is what keeps the GPU benchmark from rotting between GPU runs: every part runs
 (training throughput for every attention type, batched decode for MLA, MHA and DeepseekV3, the
 training command launched twice with a resume), and the report must hold numbers for each.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,20 +13,13 @@ import sys
 import pytest
 
 from hf_attn import ATTENTION_TYPES, HfAttnConfig, HfAttnForCausalLM
+from hf_attn.tools.benchmarks.gpu import flops_per_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_bench_gpu():
-    spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(ROOT, "scripts", "bench_gpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("attention_type", ["mha", "gqa", "mla"])
 def test_flops_per_token_is_6n_plus_the_attention_term(attention_type):
-    bench = load_bench_gpu()
     config = HfAttnConfig.from_preset("tiny", attention_type=attention_type, tie_word_embeddings=True)
     model = HfAttnForCausalLM(config)
     d, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
@@ -40,7 +32,7 @@ def test_flops_per_token_is_6n_plus_the_attention_term(attention_type):
         d_qk = d_v = config.head_dim
     seq = 128
     expected = 6 * n + 6 * layers * config.num_attention_heads * seq * (d_qk + d_v)
-    assert bench.flops_per_token(model, seq) == expected
+    assert flops_per_token(model, seq) == expected
 
 
 def test_smoke_run_reports_every_part(tmp_path):

@@ -1,1 +1,1 @@
-"""Benchmarks: training and decode speed against transformers' classes, cache capacity, a plain PyTorch decoder."""
+"""Benchmarks: training and decode speed (CPU, GPU, llama.cpp), cache capacity, data packing, a bare decoder."""

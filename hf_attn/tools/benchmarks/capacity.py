@@ -1,13 +1,39 @@
-"""Cache capacity: how many sequences of a given length fit in a memory budget."""
+"""Cache capacity: how many sequences of a given length each design's cache holds in a memory budget.
+
+Each design (the decode benchmark's trunk: 4 layers, width 512, 8 heads; MLA rank 128 + RoPE 32; MHA
+with a sliding window; Performer) runs one random sequence of `seq_len` tokens into a DynamicCache
+in `dtype`, and the bytes that cache holds are measured (`cache_bytes`): per sequence, and per token.
+The count is budget // bytes per sequence. The check then allocates it: the batch-1 cache copied
+across that many sequences (`expand_cache_batch`), at `check_scale` of the budget, and measures
+that the copies fit and one more would not. `scripts/bench_capacity.py` is the command line.
+"""
 
 import copy
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache
 
-from ...utils import cache_bytes
-from .decode import expand_cache_batch
+from ...utils import cache_bytes, format_table
+from .decode import decode_configs, expand_cache_batch
+from .timing import build_model, write_json
+
+
+@dataclass
+class CapacityOptions:
+    budget_gib: float = field(default=2.0, metadata={"help": "cache budget in GiB"})
+    seq_len: int = field(default=8192, metadata={"help": "tokens per sequence"})
+    dtype: Literal["bfloat16", "float32"] = field(default="bfloat16", metadata={"help": "the caches' dtype"})
+    check_scale: float = field(default=0.25, metadata={"help": "allocate this fraction of the budget"})
+    window: int = field(default=1024, metadata={"help": "sliding window of the windowed MHA (0: none)"})
+    attn: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "attention kernel"})
+    vocab_size: int = field(default=8192, metadata={"help": "vocabulary of the random models"})
+    threads: int = field(default=2, metadata={"help": "torch threads"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights and the sequence"})
+    plot: str | None = field(default=None, metadata={"help": "write the bar chart here (PNG)"})
+    json: str | None = field(default=None, metadata={"help": "write the results here"})
 
 
 @torch.inference_mode()
@@ -60,3 +86,66 @@ def plot_capacity(path: str, counts: dict[str, int], title: str) -> dict[str, fl
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return {bar_name: bar.get_width() for bar_name, bar in zip(counts, bars)}
+
+
+def measure_capacity(options: CapacityOptions) -> dict:
+    """Bytes per sequence and the capacity, measured and checked, for every design."""
+    dtype = getattr(torch, options.dtype)
+    budget = int(options.budget_gib * 2**30)
+    results = {}
+    for name, config in decode_configs(options.vocab_size, options.seq_len, options.window).items():
+        model = build_model(config, options.attn, options.seed).to(dtype).eval()
+        cache = sequence_cache(model, options.seq_len, options.seed)
+        per_sequence = cache_bytes(cache)
+        check = check_capacity(cache, int(budget * options.check_scale))
+        results[name] = {
+            "bytes_per_sequence": per_sequence,
+            "bytes_per_token": per_sequence / options.seq_len,
+            "formula_bytes": config.kv_cache_elements(options.seq_len) * dtype.itemsize,
+            "sequences": capacity(per_sequence, budget),
+            "check": check,
+        }
+        del model, cache
+    return results
+
+
+def capacity_table(results: dict) -> str:
+    """Per design: bytes per token and sequence, the formula's agreement, the count against MHA's, the check."""
+    mha = results["mha"]["sequences"]
+    rows = [
+        [
+            name,
+            round(r["bytes_per_token"]),
+            r["bytes_per_sequence"] / 2**20,
+            r["formula_bytes"] == r["bytes_per_sequence"],
+            r["sequences"],
+            r["sequences"] / mha,
+            r["check"]["sequences"],
+            r["check"]["fits"],
+        ]
+        for name, r in results.items()
+    ]
+    headers = ["design", "B/token", "MiB/sequence", "= formula", "sequences", "x MHA", "allocated", "check"]
+    return format_table(headers, rows)
+
+
+def run_capacity_benchmark(options: CapacityOptions) -> dict:
+    """Measure every design, print the table and the MLA goal, write `plot` and `json`; returns the results."""
+    torch.set_num_threads(options.threads)
+    results = measure_capacity(options)
+    print(f"{options.budget_gib:g} GiB of cache in {options.dtype}, sequences of {options.seq_len} tokens")
+    print(f"check: the caches allocated at {options.check_scale:g} x the budget fit, and one more would not\n")
+    print(capacity_table(results))
+    if not all(r["formula_bytes"] == r["bytes_per_sequence"] for r in results.values()):
+        print("(= formula: config.kv_cache_elements x the dtype's size; a state kept in float32 is twice that)")
+    ratio = results["mla"]["sequences"] / results["mha"]["sequences"]
+    print(
+        f"\ngoal: MLA holds >= 3.5x MHA's sequences at 8 heads: {ratio:.2f}x, {'met' if ratio >= 3.5 else 'NOT met'}"
+    )
+    if options.plot:
+        title = f"{options.seq_len}-token sequences in {options.budget_gib:g} GiB of {options.dtype} cache"
+        plot_capacity(options.plot, {name: r["sequences"] for name, r in results.items()}, title)
+        print(f"wrote {options.plot}")
+    if options.json:
+        write_json(options.json, options, results)
+    return results

@@ -1,6 +1,6 @@
 """Decoding benchmarks' building blocks: prefill and greedy steps, cache kinds, batch copies, generate().
 
-Used by `scripts/bench_decode.py`, `scripts/bench_llamacpp.py` and the GPU benchmark.
+Used by the decode benchmarks (`serving`, `llamacpp`, `gpu`) and by tests of the decode paths.
 """
 
 import copy
@@ -139,11 +139,13 @@ def decode_steps(step: Callable, cache: Cache, token: torch.Tensor, start: int, 
     """`steps` greedy decode steps for a batch: `token` (B, 1) at position `start`, the cache extended.
 
     `step` is the model or its compiled forward. Position ids are passed, as generate does, so a
-    compiled step needs no data-dependent arange. Returns the new tokens, (B, steps).
+    compiled step needs no data-dependent arange; they are made on `token`'s device (the model's), so
+    a GPU step copies nothing from the host. Returns the new tokens, (B, steps).
     """
     tokens = []
     for i in range(steps):
-        position_ids = torch.full((1, 1), start + i, dtype=torch.long)  # (1, 1): one position for the batch
+        # (1, 1): one position for the whole batch
+        position_ids = torch.full((1, 1), start + i, dtype=torch.long, device=token.device)
         logits = step(input_ids=token, position_ids=position_ids, cache=cache, use_cache=True).logits
         token = logits[:, -1:].argmax(-1)  # (B, 1)
         tokens.append(token)
