@@ -251,13 +251,13 @@ def test_download_by_repo_id_over_http(run_dir, staged, tmp_path):
         """)
     )
     endpoint = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "olah.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "olah.server", "-c", "olah.toml", "--log-path", "logs"],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with open(tmp_path / "olah.log", "w") as log:  # the server keeps its own copy of the file
+        server = subprocess.Popen(
+            [sys.executable, "-m", "olah.server", "-c", "olah.toml", "--log-path", "logs"],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         info = wait_for_http(f"{endpoint}/api/models/{REPO_ID}/revision/main", server, tmp_path / "olah.log", 30)
         assert json.loads(info)["id"] == REPO_ID
@@ -270,7 +270,6 @@ def test_download_by_repo_id_over_http(run_dir, staged, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     finally:
         stop(server)
-        log.close()
     snapshot = Path(proc.stdout.strip().splitlines()[-1])
     assert {p.name for p in snapshot.iterdir()} == EXPECTED_FILES
     assert (snapshot / "model.safetensors").read_bytes() == (staged / "model.safetensors").read_bytes()
@@ -375,7 +374,7 @@ def test_card_describes_bounded_caches(tmp_path, attention_type, overrides):
     HfAttnForCausalLM(config).save_pretrained(tmp_path)
     text = hub.build_model_card(tmp_path, repo_id=REPO_ID).text
     if attention_type == "performer":
-        state = 2 * 4 * 64 * 17  # layers x K/V heads x features (4 d_h) x (head_dim + 1)
+        state = 2 * 4 * (64 + 1) * 17  # layers x K/V heads x (features (4 d_h) + count row) x (head_dim + 1)
         assert f"| decode state (FAVOR+) | {state:,} elements" in text and "whatever the context length" in text
         assert "KV cache per token" not in text
     else:

@@ -12,15 +12,20 @@ The parameter names and shapes are exactly `LlamaAttention`'s, so the weights lo
 through transformers' attention interface and `config._attn_implementation`.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .attention_utils import apply_rotary, masked_softmax
-from .configuration_hf_attn import HfAttnConfig
+from .attention_utils import AttentionDesign, apply_rotary, masked_softmax, register_attention_design
+
+if TYPE_CHECKING:
+    from .configuration_hf_attn import HfAttnConfig
 
 
 def eager_attention_forward(
@@ -103,3 +108,92 @@ class HfAttnAttention(nn.Module):
         )
         output = output.reshape(batch, seq_len, -1)  # (B, T, heads * head_dim)
         return self.o_proj(output), weights
+
+
+# Llama's tensor-parallel plan: heads sharded column-wise (q/k/v), gathered row-wise (o).
+ATTENTION_TP_PLAN = {
+    "layers.*.self_attn.q_proj": "colwise",
+    "layers.*.self_attn.k_proj": "colwise",
+    "layers.*.self_attn.v_proj": "colwise",
+    "layers.*.self_attn.o_proj": "rowwise",
+}
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def four_projection_parameters(config: HfAttnConfig) -> int:
+    """Parameters of Llama's q/k/v/o projections (biases included)."""
+    d, b = config.hidden_size, int(config.attention_bias)
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    return (d + b) * (q + 2 * kv) + (q + b) * d
+
+
+class KeyValueHeadsDesign(AttentionDesign):
+    """MHA, GQA and MQA: one class; the design fixes the default (and allowed) number of K/V heads.
+
+    `sliding_window` is their option: each query sees the last `sliding_window` positions, as Mistral.
+    """
+
+    attention_class = HfAttnAttention
+    supports_sliding_window = True
+    export_formats = ("llama", "mistral", "gguf")  # with a window, Mistral only (the exporter checks)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def derive(self, config: HfAttnConfig) -> None:
+        heads = config.num_attention_heads
+        if config.num_key_value_heads is None:
+            config.num_key_value_heads = self._default_kv_heads(heads)
+        kv = config.num_key_value_heads
+        config._check_positive("num_key_value_heads")
+        if self.name == "mha" and kv != heads:
+            raise ValueError(f"num_key_value_heads ({kv}) must equal num_attention_heads ({heads}) for 'mha'.")
+        if self.name == "mqa" and kv != 1:
+            raise ValueError(f"num_key_value_heads ({kv}) must be 1 for 'mqa'.")
+        if heads % kv:
+            raise ValueError(f"num_key_value_heads ({kv}) must divide num_attention_heads ({heads}) for 'gqa'.")
+        if config.head_dim % 2:
+            raise ValueError(f"head_dim ({config.head_dim}) must be even: RoPE rotates pairs of dimensions.")
+
+    def _default_kv_heads(self, heads: int) -> int:
+        if self.name == "mha":
+            return heads
+        if self.name == "mqa":
+            return 1
+        group = next((g for g in (4, 2) if heads % g == 0 and heads // g > 1), None)  # groups of 4 where possible
+        if group is None:
+            raise ValueError(
+                f"num_key_value_heads must be set for attention_type='gqa' with {heads} heads: "
+                "no group size of 4 or 2 leaves more than one key/value head."
+            )
+        return heads // group
+
+    def layer_type(self, config: HfAttnConfig) -> str:
+        return "full_attention" if config.sliding_window is None else "sliding_attention"  # transformers' names
+
+    def cache_elements(self, config: HfAttnConfig, seq_len: int) -> int:
+        # transformers' sliding-window layer keeps the last `sliding_window - 1` tokens: the next token's own
+        # key completes the window
+        tokens = seq_len if config.sliding_window is None else min(seq_len, config.sliding_window - 1)
+        return 2 * config.num_key_value_heads * config.head_dim * tokens
+
+    def cache_bounded(self, config: HfAttnConfig) -> bool:
+        return config.sliding_window is not None
+
+    def attention_parameters(self, config: HfAttnConfig) -> int:
+        return four_projection_parameters(config)
+
+    def lora_targets(self, config: HfAttnConfig) -> tuple[str, ...]:
+        return ATTENTION_PROJECTIONS
+
+    def tp_plan(self, config: HfAttnConfig) -> dict[str, str]:
+        return ATTENTION_TP_PLAN
+
+    def describe(self, config: HfAttnConfig) -> str:
+        dims = f"kv {config.num_key_value_heads}"
+        return dims if config.sliding_window is None else f"{dims}, window {config.sliding_window}"
+
+
+for _name in ("mha", "gqa", "mqa"):
+    register_attention_design(KeyValueHeadsDesign(_name))

@@ -21,29 +21,8 @@ Two ways to compute the same attention (DeepSeek-V3's inference code keeps both,
 The cache holds one entry per token, [c_KV | k^R] (as the "keys" of a transformers cache layer; the
 "values" slot is zero-width), so a decode step reads it in one pass: with sdpa the heads fold into the
 query rows of a single-head attention whose keys and values are both that entry (the RoPE part of the
-output is dropped). What was tried for the absorbed step, in one process with models interleaved
-(width 512, 8 heads, 4 layers, float32, 1 thread on a loaded 2-core CPU; tokens/s of the whole model):
-
-* static cache instead of the dynamic one (no torch.cat of the whole cache per step): MLA 1.4-1.8x at
-  batch 8 and 4096 tokens, MHA 6-9x (its cache is 6.4x larger); batch 1: MLA 1.0x, MHA 1.4x.
-* one cached entry and one sdpa pass, against the latent and RoPE key in separate tensors with
-  baddbmm + softmax + bmm (the previous code): 1.01-1.04x at batch 1, 1.11-1.22x at batch 8
-  (4096 tokens); the attention alone 1.5x at batch 32 and 8192 tokens. Kept.
-* values the entry's first `kv_lora_rank` columns (a strided view) instead of the whole entry: the
-  fused kernel then copies, 1.6x slower; the whole entry (25% more multiply-adds) is kept.
-* one matmul for the scores over the whole entry, softmax, one matmul for the values (the eager
-  kernel's path here): 1.1-1.8x slower than the sdpa pass, which keeps each block in cache between
-  its two products; kept for non-sdpa kernels, which also return the weights.
-* W_UK and W_UV^T as contiguous per-head matrices built ahead of the step (instead of einsum over
-  views of `kv_b_proj.weight`): 45 -> 26 microseconds per layer, under 1% of a 4096-token step, and
-  it needs a copy invalidated on every weight change and adapter; not kept. Folding W_UK into the
-  query projection would read 2x the weight bytes at batch 1, where the weights dominate.
-* sdpa with enable_gqa (8 query heads over 1 key head) instead of folding heads into rows: 3x slower.
-
-The absorbed step does 2.5x the multiply-adds per cached token of MHA (scores and values both over
-the r + rope entry, per head, against 2 x head_dim), so on a CPU, where that arithmetic is the limit,
-its lead stays below the 6.4x byte ratio (kv_lora_rank 128, rope 32, 8 heads of 64).
-`scripts/bench_decode.py` measures it against every design.
+output is dropped). What else was tried for this step, and what each measured, is in docs/performance.md
+("The absorbed MLA step: what was tried"); in short, the layout here was the fastest on the CPU kernels measured.
 
 Rule (`config.mla_absorb`): "auto" absorbs when a cache is passed and the new chunk is at most
 `ABSORB_MAX_QUERY_LEN` tokens (decoding, beam steps, short speculative chunks); longer chunks
@@ -54,7 +33,10 @@ Parameter names are DeepseekV3's, so the weights load into `DeepseekV3ForCausalL
 (with `rope_interleave=False`).
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -62,8 +44,10 @@ from transformers.cache_utils import Cache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .attention import eager_attention_forward
-from .attention_utils import apply_rotary, masked_softmax
-from .configuration_hf_attn import HfAttnConfig
+from .attention_utils import AttentionDesign, apply_rotary, masked_softmax, register_attention_design
+
+if TYPE_CHECKING:
+    from .configuration_hf_attn import HfAttnConfig
 
 ABSORB_MAX_QUERY_LEN = 16
 # DeepSeek's reference code uses eps=1e-6 in the latent norms, whatever the block norms use.
@@ -245,3 +229,73 @@ class HfAttnMLAttention(nn.Module):
         )  # (B, H, T, r)
         output = torch.einsum("bhtr,hvr->bthv", out_latent, w_uv)  # (B, T, H, v): W_UV folded into o
         return output, weights
+
+
+LATENT_PROJECTIONS = ("kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
+
+
+class MLADesign(AttentionDesign):
+    """MLA: a cache of `kv_lora_rank + qk_rope_head_dim` values per token and layer, whatever the head count.
+
+    Defaults follow DeepSeek-V2's ratios to the head dim d_h: `kv_lora_rank = 4 d_h`, `qk_rope_head_dim =
+    d_h / 2`, `qk_nope_head_dim = v_head_dim = d_h`, no query compression (`q_lora_rank=None`).
+    """
+
+    name = "mla"
+    attention_class = HfAttnMLAttention
+    fields = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    export_formats = ("deepseek_v3", "gguf")
+
+    def derive(self, config: HfAttnConfig) -> None:
+        d_h = config.head_dim
+        if config.num_key_value_heads is None:
+            config.num_key_value_heads = config.num_attention_heads
+        if config.num_key_value_heads != config.num_attention_heads:
+            raise ValueError(
+                f"num_key_value_heads ({config.num_key_value_heads}) must equal num_attention_heads "
+                f"({config.num_attention_heads}) for 'mla': every head gets its own up-projected K/V."
+            )
+        for name, default in (
+            ("kv_lora_rank", 4 * d_h),
+            ("qk_rope_head_dim", max(2, d_h // 2 - (d_h // 2) % 2)),
+            ("qk_nope_head_dim", d_h),
+            ("v_head_dim", d_h),
+        ):
+            if getattr(config, name) is None:
+                setattr(config, name, default)
+        config._check_positive("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+        if config.q_lora_rank is not None:
+            config._check_positive("q_lora_rank")
+        if config.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim ({config.qk_rope_head_dim}) must be even: RoPE rotates pairs.")
+
+    def rope_dim(self, config: HfAttnConfig) -> int:
+        return config.qk_rope_head_dim
+
+    def cache_elements(self, config: HfAttnConfig, seq_len: int) -> int:
+        return (config.kv_lora_rank + config.qk_rope_head_dim) * seq_len
+
+    def lora_targets(self, config: HfAttnConfig) -> tuple[str, ...]:
+        query = ("q_proj",) if config.q_lora_rank is None else ("q_a_proj", "q_b_proj")
+        return query + LATENT_PROJECTIONS
+
+    def attention_parameters(self, config: HfAttnConfig) -> int:
+        d, h, b = config.hidden_size, config.num_attention_heads, int(config.attention_bias)
+        qk = config.qk_nope_head_dim + config.qk_rope_head_dim
+        if config.q_lora_rank is None:
+            q = d * h * qk
+        else:
+            q = (d + b) * config.q_lora_rank + config.q_lora_rank + config.q_lora_rank * h * qk
+        kv_a = (d + b) * (config.kv_lora_rank + config.qk_rope_head_dim) + config.kv_lora_rank
+        kv_b = config.kv_lora_rank * h * (config.qk_nope_head_dim + config.v_head_dim)
+        o = (h * config.v_head_dim + b) * d
+        return q + kv_a + kv_b + o
+
+    # tp_plan: none. DeepseekV3's plan shards only the MLP: the latent and the shared RoPE key feed every
+    # head, and the absorbed decode folds kv_b_proj across heads.
+
+    def describe(self, config: HfAttnConfig) -> str:
+        return f"d_c {config.kv_lora_rank} + d_R {config.qk_rope_head_dim}"
+
+
+register_attention_design(MLADesign())

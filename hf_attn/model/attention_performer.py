@@ -34,14 +34,21 @@ order from the mask itself (Haviv et al. 2022, "Transformer language models with
 still learn positional information"), and without positions the decode state needs no token count.
 """
 
+from __future__ import annotations
+
 import hashlib
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 
-from .configuration_hf_attn import HfAttnConfig
+from .attention import ATTENTION_PROJECTIONS, four_projection_parameters
+from .attention_utils import AttentionDesign, register_attention_design
+
+if TYPE_CHECKING:
+    from .configuration_hf_attn import HfAttnConfig
 
 MAX_LAYERS = 1 << 12  # a layer's seed is performer_seed * MAX_LAYERS + layer index
 
@@ -224,3 +231,80 @@ class HfAttnPerformerAttention(nn.Module):
         output = (output[..., :d] / denominator).to(hidden_states.dtype)  # (B, kv, g, T, d)
         output = output.permute(0, 3, 1, 2, 4).reshape(batch, seq_len, -1)  # (B, T, heads * d)
         return self.o_proj(output), None
+
+
+# Defaults (see `PerformerDesign`).
+REDRAW_INTERVAL = 1000
+CHUNK_SIZE = 64
+
+
+class PerformerDesign(AttentionDesign):
+    """FAVOR+: a constant decode state of `num_key_value_heads * (performer_features + 1) * (head_dim + 1)`.
+
+    Defaults: `performer_features` m = 4 d_h (the paper's m = d_h log d_h is 111 for d_h = 32; 128 = 4 d_h
+    costs the same), redraw every 1000 training forward passes, causal chunks of 64 positions, seed 0;
+    `num_key_value_heads` defaults to the head count and may divide it (the state is kept per K/V head).
+    """
+
+    name = "performer"
+    attention_class = HfAttnPerformerAttention
+    fields = ("performer_features", "performer_redraw_interval", "performer_chunk_size", "performer_seed")
+    has_attention_weights = False  # no attention matrix is ever formed
+
+    def derive(self, config: HfAttnConfig) -> None:
+        heads = config.num_attention_heads
+        if config.num_key_value_heads is None:
+            config.num_key_value_heads = heads
+        config._check_positive("num_key_value_heads")
+        if heads % config.num_key_value_heads:
+            raise ValueError(
+                f"num_key_value_heads ({config.num_key_value_heads}) must divide num_attention_heads ({heads})."
+            )
+        for name, default in (
+            ("performer_features", 4 * config.head_dim),
+            ("performer_redraw_interval", REDRAW_INTERVAL),
+            ("performer_chunk_size", CHUNK_SIZE),
+            ("performer_seed", 0),
+        ):
+            if getattr(config, name) is None:
+                setattr(config, name, default)
+        config._check_positive("performer_features", "performer_chunk_size")
+        seed = config.performer_seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**20:
+            raise ValueError(f"performer_seed must be an integer in [0, 2**20), got {seed!r}.")
+        interval = config.performer_redraw_interval
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 0:
+            raise ValueError(f"performer_redraw_interval must be an integer >= 0 (0 = never), got {interval!r}.")
+        if config.attention_dropout:
+            raise ValueError(
+                f"attention_dropout={config.attention_dropout} with attention_type='performer': "
+                "FAVOR+ forms no attention weights to drop."
+            )
+
+    def layer_type(self, config: HfAttnConfig) -> str:
+        return "linear_attention"  # transformers' constant-size state layers
+
+    def rope_dim(self, config: HfAttnConfig) -> int:
+        return 0  # no RoPE (see the module docstring)
+
+    def cache_elements(self, config: HfAttnConfig, seq_len: int) -> int:
+        # running sums of phi(k) v^T and phi(k), plus the row that counts positions read
+        state = config.num_key_value_heads * (config.performer_features + 1) * (config.head_dim + 1)
+        return state if seq_len else 0
+
+    def cache_bounded(self, config: HfAttnConfig) -> bool:
+        return True
+
+    def attention_parameters(self, config: HfAttnConfig) -> int:
+        return four_projection_parameters(config)
+
+    def lora_targets(self, config: HfAttnConfig) -> tuple[str, ...]:
+        return ATTENTION_PROJECTIONS  # the random projection is a buffer, not adapted
+
+    # tp_plan: none; export_formats: none (no transformers or llama.cpp equivalent).
+
+    def describe(self, config: HfAttnConfig) -> str:
+        return f"m {config.performer_features}"
+
+
+register_attention_design(PerformerDesign())

@@ -2,7 +2,7 @@
 
 One forward pass reads top to bottom through this file and one of the attention files (attention.py
 for MHA/GQA/MQA, with or without a sliding window; attention_mla.py; attention_performer.py). The
-decoder layer picks its attention class once, from `ATTENTION_CLASSES[config.attention_type]`.
+decoder layer picks its attention class once, from its design (`config.design.attention_class`).
 Parameter names are transformers' Llama/DeepseekV3 names, so `to_llama()` / `to_mistral()` /
 `to_deepseek_v3()` export a checkpoint that those classes load unchanged.
 """
@@ -23,9 +23,8 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .attention import HfAttnAttention
-from .attention_mla import HfAttnMLAttention
 from .attention_performer import HfAttnPerformerAttention
+from .attention_utils import ATTENTION_DESIGNS
 from .configuration_hf_attn import HfAttnConfig
 
 # The decoding modes whose default cache `HfAttnForCausalLM.default_cache_implementation` picks.
@@ -35,14 +34,6 @@ STATIC_CACHE_MODES = (
     GenerationMode.BEAM_SEARCH,
     GenerationMode.BEAM_SAMPLE,
 )
-
-ATTENTION_CLASSES = {
-    "mha": HfAttnAttention,
-    "gqa": HfAttnAttention,
-    "mqa": HfAttnAttention,
-    "mla": HfAttnMLAttention,
-    "performer": HfAttnPerformerAttention,
-}
 
 
 class HfAttnRotaryEmbedding(nn.Module):
@@ -89,7 +80,7 @@ class HfAttnDecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: HfAttnConfig, layer_idx: int):
         super().__init__()
-        self.self_attn = ATTENTION_CLASSES[config.attention_type](config, layer_idx)
+        self.self_attn = config.design.attention_class(config, layer_idx)
         self.mlp = HfAttnMLP(config)
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -123,10 +114,9 @@ class HfAttnPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    _can_record_outputs = {
-        "hidden_states": HfAttnDecoderLayer,
-        "attentions": [HfAttnAttention, HfAttnMLAttention, HfAttnPerformerAttention],
-    }
+    # What `output_hidden_states` / `output_attentions` collect. transformers keeps one entry per class, so the
+    # attentions are named by module path (a string matches the end of it): every design's `self_attn`.
+    _can_record_outputs = {"hidden_states": HfAttnDecoderLayer, "attentions": "self_attn"}
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -192,27 +182,7 @@ class HfAttnModel(HfAttnPreTrainedModel):
         if not torch.compiler.is_compiling():
             self._check_positions(position_ids, given_positions, past_len, inputs_embeds.shape[1], attention_mask)
 
-        # One mask per layer type, from transformers' own builders (as its hybrid models do): causal, sliding
-        # window, or the 2D padding mask of recurrent (linear-attention) layers.
-        masks = attention_mask
-        if isinstance(masks, torch.Tensor) and masks.dim() != 2 and "linear_attention" in self.config.layer_types:
-            # transformers' recurrent mask builder would drop it without a word
-            raise ValueError(
-                f"attention_type={self.config.attention_type!r} takes a 2D padding mask (batch, length), "
-                f"got {masks.dim()}D: its layers have no attention matrix to mask."
-            )
-        if not isinstance(masks, dict):
-            mask_kwargs = {
-                "config": self.config,
-                "inputs_embeds": inputs_embeds,
-                "attention_mask": attention_mask,
-                "cache": cache,
-                "position_ids": position_ids,
-            }
-            masks = {
-                layer_type: LAYER_PATTERN_TO_MASK_FUNCTION_MAPPING[layer_type](**mask_kwargs)
-                for layer_type in set(self.config.layer_types)
-            }
+        masks = self._layer_masks(inputs_embeds, attention_mask, cache, position_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states = inputs_embeds
@@ -227,6 +197,29 @@ class HfAttnModel(HfAttnPreTrainedModel):
                 **kwargs,
             )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
+
+    def _layer_masks(self, inputs_embeds, attention_mask, cache, position_ids) -> dict:
+        """One mask per layer type, from transformers' own builders (as its hybrid models do): causal, sliding
+        window, or the 2D padding mask of recurrent (linear-attention) layers. A dict passed in is used as is."""
+        if isinstance(attention_mask, dict):
+            return attention_mask
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() != 2:
+            if "linear_attention" in self.config.layer_types:  # transformers' recurrent mask would drop it silently
+                raise ValueError(
+                    f"attention_type={self.config.attention_type!r} takes a 2D padding mask (batch, length), "
+                    f"got {attention_mask.dim()}D: its layers have no attention matrix to mask."
+                )
+        mask_kwargs = {
+            "config": self.config,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "cache": cache,
+            "position_ids": position_ids,
+        }
+        return {
+            layer_type: LAYER_PATTERN_TO_MASK_FUNCTION_MAPPING[layer_type](**mask_kwargs)
+            for layer_type in set(self.config.layer_types)
+        }
 
     def _check_positions(self, position_ids, given_positions, past_len, new_len, attention_mask) -> None:
         """Refuse positions the model was not trained on, and packed batches a design cannot keep apart.
@@ -386,4 +379,4 @@ HfAttnConfig.register_for_auto_class()
 HfAttnModel.register_for_auto_class("AutoModel")
 HfAttnForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["HfAttnForCausalLM", "HfAttnModel", "HfAttnPreTrainedModel", "ATTENTION_CLASSES"]
+__all__ = ["HfAttnForCausalLM", "HfAttnModel", "HfAttnPreTrainedModel", "ATTENTION_DESIGNS"]

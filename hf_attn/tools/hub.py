@@ -117,6 +117,21 @@ def validate_model_dir(model_dir: str | Path) -> dict:
         raise HubError(f"{str(d)!r} has no config.json; save the model with save_pretrained first.")
     config = json.loads(config_path.read_text())
     pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    _check_weights(d, pickles)
+    if pickles:
+        warnings.warn(
+            f"{str(d)!r} also holds pickle files ({', '.join(pickles)}); they are left out of the upload "
+            "(pickles run code when loaded), only the safetensors weights go up.",
+            stacklevel=2,
+        )
+    _check_remote_code(d, config)
+    if not any((d / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise HubError(f"{str(d)!r} has no tokenizer (tokenizer.json / tokenizer_config.json); save it there.")
+    return config
+
+
+def _check_weights(d: Path, pickles: list[str]) -> None:
+    """The folder holds safetensors weights, each file complete; pickle-only weights are refused."""
     if not _weight_files(d):
         if pickles:
             raise HubError(
@@ -130,12 +145,10 @@ def validate_model_dir(model_dir: str | Path) -> dict:
                 check_safetensors(f)
             except ValueError as e:
                 raise HubError(f"{e}; re-save the model or copy the file again.") from None
-    if pickles:
-        warnings.warn(
-            f"{str(d)!r} also holds pickle files ({', '.join(pickles)}); they are left out of the upload "
-            "(pickles run code when loaded), only the safetensors weights go up.",
-            stacklevel=2,
-        )
+
+
+def _check_remote_code(d: Path, config: dict) -> None:
+    """config.json has an `auto_map`, and every `.py` file it names is in the folder."""
     auto_map = config.get("auto_map")
     if not auto_map:
         raise HubError(
@@ -145,9 +158,6 @@ def validate_model_dir(model_dir: str | Path) -> dict:
     for module in sorted({ref.split("--")[-1].rsplit(".", 1)[0] for ref in auto_map.values()}):
         if not (d / f"{module}.py").is_file():
             raise HubError(f"{str(d)!r} lacks {module}.py, which config.json's auto_map points to.")
-    if not any((d / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise HubError(f"{str(d)!r} has no tokenizer (tokenizer.json / tokenizer_config.json); save it there.")
-    return config
 
 
 def _weight_files(d: Path) -> list[Path]:
@@ -277,7 +287,7 @@ def _cache_rows(config: HfAttnConfig, dtype: str, nbytes: int) -> list[str]:
     if config.attention_type == "performer":
         elems = config.kv_cache_elements(ctx)
         formula = (
-            f"{config.num_key_value_heads} K/V heads x {config.performer_features} features x "
+            f"{config.num_key_value_heads} K/V heads x ({config.performer_features} features + 1 count) x "
             f"(head_dim {config.head_dim} + 1) x {layers} layers"
         )
         # the state accumulates sums in float32 whatever the weights' dtype
@@ -425,15 +435,7 @@ def push_to_hub(
         raise HubError(f"No Hugging Face token found. {LOGIN_HINT}")
     api = HfApi(token=token)
     try:
-        user = api.whoami()
-        namespace = repo_id.split("/")[0]
-        allowed = {user.get("name")} | {org.get("name") for org in user.get("orgs", [])}
-        if namespace not in allowed:
-            raise HubError(
-                f"Your token belongs to {user.get('name')!r} "
-                f"(organizations: {sorted(allowed - {user.get('name')}) or 'none'}), "
-                f"which cannot write to {namespace!r}; pick --repo-id {user.get('name')}/NAME."
-            )
+        _check_namespace(api.whoami(), repo_id)
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -448,20 +450,37 @@ def push_to_hub(
     except OfflineModeIsEnabled as e:
         raise HubError(f"Offline mode is on (HF_HUB_OFFLINE=1); unset it to upload. ({e})") from e
     except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else None
-        if status == 401:
-            raise HubError(f"The Hub rejected the token (401). {LOGIN_HINT}") from e
-        if status == 403:
-            raise HubError(
-                f"The token may not write to {repo_id!r} (403): the repo belongs to someone else, "
-                "or the token is read-only. Use a write token and a repo in your own namespace."
-            ) from e
-        raise HubError(f"The Hub refused the upload to {repo_id!r}: {e}") from e
+        raise _refusal(e, repo_id) from e
     except (TransportError, OSError) as e:
         raise HubError(
             f"Cannot reach the Hub at {constants.ENDPOINT} ({e}). Check the network connection or proxy."
         ) from e
     return f"{url}/tree/{revision}" if revision else str(url)
+
+
+def _check_namespace(user: dict, repo_id: str) -> None:
+    """The token's user (from `whoami`) or one of its organizations owns `repo_id`'s namespace."""
+    namespace = repo_id.split("/")[0]
+    allowed = {user.get("name")} | {org.get("name") for org in user.get("orgs", [])}
+    if namespace not in allowed:
+        raise HubError(
+            f"Your token belongs to {user.get('name')!r} "
+            f"(organizations: {sorted(allowed - {user.get('name')}) or 'none'}), "
+            f"which cannot write to {namespace!r}; pick --repo-id {user.get('name')}/NAME."
+        )
+
+
+def _refusal(error: HfHubHTTPError, repo_id: str) -> HubError:
+    """What the Hub's HTTP error means for the user: a bad token (401), no write access (403), or else."""
+    status = error.response.status_code if error.response is not None else None
+    if status == 401:
+        return HubError(f"The Hub rejected the token (401). {LOGIN_HINT}")
+    if status == 403:
+        return HubError(
+            f"The token may not write to {repo_id!r} (403): the repo belongs to someone else, "
+            "or the token is read-only. Use a write token and a repo in your own namespace."
+        )
+    return HubError(f"The Hub refused the upload to {repo_id!r}: {error}")
 
 
 __all__ = ["HubError", "push_to_hub", "stage_folder", "build_model_card", "validate_model_dir"]
