@@ -7,6 +7,8 @@ train the from-scratch controls, and write docs/convert/{report.md,results.json,
 The logic lives in `hf_attn/tools/conversion/experiment.py`.
 """
 
+from pathlib import Path
+
 from hf_attn.cli.base import command, parse
 from hf_attn.tools.conversion.experiment import ExperimentOptions, run_experiment
 
@@ -15,7 +17,7 @@ from hf_attn.tools.conversion.experiment import ExperimentOptions, run_experimen
 def main(argv=None) -> None:
     (options,) = parse([ExperimentOptions], argv, description=__doc__)
     run_experiment(options)
-    print(open(f"{options.docs_dir}/report.md").read())
+    print(Path(options.docs_dir, "report.md").read_text())
 
 
 if __name__ == "__main__":

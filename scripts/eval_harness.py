@@ -8,6 +8,7 @@ The corpus is the run's own (its train_args.json), else the default corpus; need
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # This folder holds scripts/evaluate.py, which would shadow the `evaluate` library: take it off sys.path.
 _HERE = os.path.dirname(os.path.realpath(__file__))
@@ -30,7 +31,7 @@ def main(argv=None) -> None:
     if options.model_dir is None:
         raise ValueError("give the model folder: python scripts/eval_harness.py MODEL_DIR")
     summary = harness_report(options.model_dir, options.out_dir, batch_size=options.batch_size)
-    print(open(f"{options.out_dir}/report.md").read())
+    print(Path(options.out_dir, "report.md").read_text())
     return summary
 
 

@@ -82,14 +82,14 @@ def test_page_in_headless_chromium(model_dirs, models, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "demo.log", "w")
-    server = subprocess.Popen(
-        [*entry_point("hf-attn-demo"), *map(str, model_dirs), "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with open(tmp_path / "demo.log", "w") as log:  # the server keeps its own copy of the file
+        server = subprocess.Popen(
+            [*entry_point("hf-attn-demo"), *map(str, model_dirs), "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_http(url, server, tmp_path / "demo.log", 60)
         with sync_api.sync_playwright() as pw:
@@ -130,7 +130,6 @@ def test_page_in_headless_chromium(model_dirs, models, tmp_path):
                 browser.close()
     finally:
         stop(server)
-        log.close()
 
 
 def set_number(page, elem_id: str, value: str):

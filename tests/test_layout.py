@@ -17,6 +17,9 @@ from hf_attn import HfAttnConfig, HfAttnForCausalLM
 PACKAGE = Path(hf_attn.__file__).parent
 MODEL_DIR = PACKAGE / "model"
 FIXTURES = Path(__file__).parent / "fixtures"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+# What a newcomer can hold in their head (docs' STYLE: "under about 60 lines"), from `def` to the last line.
+LONGEST_FUNCTION = 60
 # Layers, lowest first: a module may import its own layer and the ones below it. A package with
 # parts of its own has its own ranks, for imports between those parts.
 RANKS = {
@@ -95,6 +98,18 @@ def test_imports_point_down():
             mine, theirs = here[common], target[common]
             if mine in ranks and theirs in ranks:
                 assert ranks[theirs] <= ranks[mine], f"{'.'.join(here)} imports {'.'.join(target)} (a higher layer)"
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    too_long = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *SCRIPTS.glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST_FUNCTION:
+                    name = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path
+                    too_long.append(f"{name}:{node.lineno} {node.name} ({lines} lines)")
+    assert not too_long, "split these functions:\n" + "\n".join(too_long)
 
 
 def test_save_pretrained_copies_exactly_the_model_folder(tmp_path):

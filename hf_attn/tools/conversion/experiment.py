@@ -420,6 +420,22 @@ def plot(path: str, results: dict, compare_results: list[dict]) -> None:
 
     shares = results["options"]["finetune_fractions"]
     fig, ax = plt.subplots(figsize=(8, 5))
+    _plot_compared(ax, compare_results)
+    _plot_conversions(ax, results, shares)
+    _plot_controls(ax, results, shares)
+    ax.set_xscale("log")
+    ax.set_xlabel("KV-cache bytes per token (float32, all layers, measured; log scale)")
+    ax.set_ylabel("validation bits per character")
+    ax.set_title("Converting to MLA: quality against cache size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_compared(ax, compare_results: list[dict]) -> None:
+    """The comparison's own models, gray squares."""
     for r in compare_results:
         if r.get("status") == "ok" and r["variant"] in ("gqa", "mqa", "mla", "mha"):
             ax.scatter(r["kv_cache_bytes_per_token"], r["val_bits_per_char"], marker="s", color="gray", s=50)
@@ -431,6 +447,10 @@ def plot(path: str, results: dict, compare_results: list[dict]) -> None:
                 fontsize=8,
                 color="gray",
             )
+
+
+def _plot_conversions(ax, results: dict, shares: list[float]) -> None:
+    """Each source (a star) and its conversions, zero-shot and after each fine-tuning share."""
     for s, color in zip(results["sources"], ("C0", "C1", "C2")):
         ok = [r for r in results["conversions"] if r["source"] == s["source"] and r["status"] == "ok"]
         ax.scatter(
@@ -454,6 +474,10 @@ def plot(path: str, results: dict, compare_results: list[dict]) -> None:
                 color=color,
                 label=f"from {s['source']}, tuned {share:.0%}",
             )
+
+
+def _plot_controls(ax, results: dict, shares: list[float]) -> None:
+    """The MLA models trained from scratch on each share, at the conversions' cache sizes."""
     for share, marker in zip(shares, ("x", "+")):
         by_rank = {r["kv_lora_rank"]: r["kv_cache_bytes_per_token"] for r in results["conversions"] if "shape" in r}
         points = sorted(
@@ -469,15 +493,6 @@ def plot(path: str, results: dict, compare_results: list[dict]) -> None:
             color="k",
             label=f"MLA from scratch on {share:.0%}",
         )
-    ax.set_xscale("log")
-    ax.set_xlabel("KV-cache bytes per token (float32, all layers, measured; log scale)")
-    ax.set_ylabel("validation bits per character")
-    ax.set_title("Converting to MLA: quality against cache size")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2, loc="center right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_outputs(options: ExperimentOptions, results: dict) -> None:
