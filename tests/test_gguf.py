@@ -303,7 +303,7 @@ def test_deepseek2_metadata_and_split_kv_b(gguf_files, models):
     [
         (dict(attention_type="mha", hidden_act="gelu"), "hidden_act='gelu'"),
         (dict(attention_type="mla", attention_bias=True), "attention_bias=True"),
-        (dict(attention_type="mla", rms_norm_eps=1e-5), "rms_norm_eps=1e-05"),
+        (dict(attention_type="mla", rms_norm_eps=1e-5, mla_latent_norm_eps=1e-6), "mla_latent_norm_eps=1e-06"),
         (dict(attention_type="mha", dtype="q4_0"), "dtype 'q4_0'"),
         (dict(attention_type="performer"), "attention_type=.performer.: llama.cpp has no FAVOR"),
         (dict(attention_type="gqa", sliding_window=8), "sliding_window=8: llama.cpp's llama architecture"),

@@ -269,3 +269,31 @@ def test_static_cache_holds_only_latent_and_rope_key(make_model, padded_batch):
     assert_close(cache.layers[0].keys[:, :, :filled, latent], dynamic.layers[0].keys[..., latent], **TOL)
     assert cache.layers[0].keys[:, :, filled:].abs().sum() == 0
     assert cache.layers[0].keys[:, :, :filled].abs().amin(dim=-1).ne(0).any()
+
+
+def test_latent_norms_follow_rms_norm_eps_and_old_checkpoints_keep_theirs(make_model, tmp_path):
+    """DeepseekV3's latent norms use the model's rms_norm_eps; a config.json from before `mla_latent_norm_eps`
+    existed keeps the 1e-6 its checkpoint was trained with."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from hf_attn.utils import HfAttnError
+
+    model = make_model("mla", rms_norm_eps=1e-5, q_lora_rank=16)
+    attention = model.model.layers[0].self_attn
+    assert model.config.mla_latent_norm_eps == 1e-5
+    assert attention.kv_a_layernorm.eps == 1e-5 and attention.q_a_layernorm.eps == 1e-5
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        assert_close(to_deepseek_v3(model)(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["mla_latent_norm_eps"] == 1e-5
+    del config["mla_latent_norm_eps"]  # as every MLA checkpoint saved before the field
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    old = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert old.config.mla_latent_norm_eps == 1e-6 and old.model.layers[0].self_attn.kv_a_layernorm.eps == 1e-6
+    with pytest.raises(HfAttnError, match="mla_latent_norm_eps=1e-06 with rms_norm_eps=1e-05"):
+        to_deepseek_v3(old)

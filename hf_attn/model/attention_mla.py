@@ -50,8 +50,9 @@ if TYPE_CHECKING:
     from .configuration_hf_attn import HfAttnConfig
 
 ABSORB_MAX_QUERY_LEN = 16
-# DeepSeek's reference code uses eps=1e-6 in the latent norms, whatever the block norms use.
-LATENT_NORM_EPS = 1e-6
+# The latent norms' eps of checkpoints saved before `mla_latent_norm_eps` existed (DeepSeek's reference
+# code's value, whatever the block norms used); new configs take `rms_norm_eps`, as DeepseekV3 does.
+LEGACY_LATENT_NORM_EPS = 1e-6
 
 
 class HfAttnMLAttention(nn.Module):
@@ -79,11 +80,11 @@ class HfAttnMLAttention(nn.Module):
             self.q_proj = nn.Linear(d, h * self.qk_head_dim, bias=False)
         else:  # low-rank query compression (§2.1.2), saves activation memory in training
             self.q_a_proj = nn.Linear(d, self.q_lora_rank, bias=bias)
-            self.q_a_layernorm = nn.RMSNorm(self.q_lora_rank, eps=LATENT_NORM_EPS)
+            self.q_a_layernorm = nn.RMSNorm(self.q_lora_rank, eps=config.mla_latent_norm_eps)
             self.q_b_proj = nn.Linear(self.q_lora_rank, h * self.qk_head_dim, bias=False)
         # W_DKV and W_KR in one matrix: the latent c_KV and the shared RoPE key k^R
         self.kv_a_proj_with_mqa = nn.Linear(d, self.kv_lora_rank + self.qk_rope_head_dim, bias=bias)
-        self.kv_a_layernorm = nn.RMSNorm(self.kv_lora_rank, eps=LATENT_NORM_EPS)
+        self.kv_a_layernorm = nn.RMSNorm(self.kv_lora_rank, eps=config.mla_latent_norm_eps)
         # W_UK and W_UV stacked per head: rows [h * (nope + v)]
         self.kv_b_proj = nn.Linear(self.kv_lora_rank, h * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
         self.o_proj = nn.Linear(h * self.v_head_dim, d, bias=bias)
@@ -243,7 +244,14 @@ class MLADesign(AttentionDesign):
 
     name = "mla"
     attention_class = HfAttnMLAttention
-    fields = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    fields = (
+        "kv_lora_rank",
+        "q_lora_rank",
+        "qk_nope_head_dim",
+        "qk_rope_head_dim",
+        "v_head_dim",
+        "mla_latent_norm_eps",
+    )
     export_formats = ("deepseek_v3", "gguf")
 
     def derive(self, config: HfAttnConfig) -> None:
@@ -260,9 +268,12 @@ class MLADesign(AttentionDesign):
             ("qk_rope_head_dim", max(2, d_h // 2 - (d_h // 2) % 2)),
             ("qk_nope_head_dim", d_h),
             ("v_head_dim", d_h),
+            ("mla_latent_norm_eps", config.rms_norm_eps),  # DeepseekV3's latent norms use the model's eps
         ):
             if getattr(config, name) is None:
                 setattr(config, name, default)
+        if not config.mla_latent_norm_eps > 0:
+            raise ValueError(f"mla_latent_norm_eps must be positive, got {config.mla_latent_norm_eps}.")
         config._check_positive("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
         if config.q_lora_rank is not None:
             config._check_positive("q_lora_rank")

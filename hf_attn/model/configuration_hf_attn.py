@@ -11,7 +11,7 @@ from transformers.utils import logging
 
 # Importing the attention files registers the built-in designs (single-dot imports, which save_pretrained follows).
 from .attention import KeyValueHeadsDesign  # noqa: F401
-from .attention_mla import MLADesign  # noqa: F401
+from .attention_mla import LEGACY_LATENT_NORM_EPS, MLADesign  # noqa: F401
 from .attention_performer import PerformerDesign  # noqa: F401
 from .attention_utils import ATTENTION_DESIGNS, AttentionDesign
 
@@ -118,6 +118,8 @@ class HfAttnConfig(PreTrainedConfig):
     qk_nope_head_dim: int | None = None
     qk_rope_head_dim: int | None = None
     v_head_dim: int | None = None
+    # eps of the latent norms (kv_a_layernorm, q_a_layernorm); None: `rms_norm_eps`, as DeepseekV3
+    mla_latent_norm_eps: float | None = None
     # How MLA decodes: "auto" absorbs the up-projections when a cache is present and the query is
     # short (see HfAttnMLAttention), "always" absorbs whenever a cache is present, "never" expands.
     mla_absorb: str = "auto"
@@ -234,6 +236,14 @@ class HfAttnConfig(PreTrainedConfig):
                 f"layer_types={given!r}: hf_attn derives it from attention_type ({self.layer_types!r} here); "
                 "transformers' caches read it, so another value would cache something the model does not compute."
             )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' loader, plus one rule: an MLA config.json saved before `mla_latent_norm_eps` existed
+        keeps the latent eps its checkpoint was trained with (1e-6), whatever its `rms_norm_eps`."""
+        if config_dict.get("attention_type") == "mla" and "mla_latent_norm_eps" not in config_dict:
+            config_dict = {**config_dict, "mla_latent_norm_eps": LEGACY_LATENT_NORM_EPS}
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "HfAttnConfig":
