@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...model.attention_mla import LATENT_NORM_EPS
+from ...model.attention import KeyValueHeadsDesign
+from ...model.attention_mla import MLADesign
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...utils import HfAttnError
-from .to_transformers import load_for_export
+from .to_transformers import WRITERS, design_title, load_for_export
 
 DTYPES = ("f32", "f16", "q8_0")
 # Only key/value-cache sizes are read from llama.cpp's log; see `load_llama_cpp`.
@@ -67,7 +68,7 @@ def export_gguf(model: HfAttnForCausalLM | str | os.PathLike, out_path, dtype: s
     model, tokenizer = _load(model, tokenizer)
     check_exportable(model, tokenizer, dtype)
     config = model.config
-    arch = "deepseek2" if config.attention_type == "mla" else "llama"
+    arch = gguf_architecture(config)
     out_path = Path(out_path)
     tmp_path = out_path.with_name(out_path.name + ".partial")
 
@@ -99,6 +100,26 @@ def export_gguf(model: HfAttnForCausalLM | str | os.PathLike, out_path, dtype: s
 _FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}  # names in gguf.LlamaFileType
 
 
+def _is_mla(config) -> bool:
+    """Whether the weights are MLA's, which this file writes in deepseek2's layout (latent cache, W_UK/W_UV split).
+
+    The one place outside the model that depends on a design's weights rather than its description; keyed
+    on the design object, so a design subclassing `MLADesign` (same weights) gets the same layout.
+    """
+    return isinstance(config.design, MLADesign)
+
+
+def gguf_architecture(config) -> str:
+    """llama.cpp's architecture for the model's weights: `deepseek2` for MLA's, `llama` for Llama's q/k/v/o."""
+    if _is_mla(config):
+        return "deepseek2"
+    if isinstance(config.design, KeyValueHeadsDesign):
+        return "llama"
+    raise HfAttnError(  # a design lists "gguf" in its export_formats only with one of these two layouts
+        f"attention_type={config.attention_type!r}: the GGUF writer knows only the llama and deepseek2 tensor layouts"
+    )
+
+
 def _load(model, tokenizer):
     """The model and its tokenizer, from a folder or as given (tensors are cast to float32 as they are written)."""
     if isinstance(model, (str, os.PathLike)):
@@ -121,21 +142,28 @@ def check_exportable(model: HfAttnForCausalLM, tokenizer, dtype: str = "f32") ->
     rope_type = config.rope_parameters.get("rope_type", "default")
     if rope_type != "default":
         raise HfAttnError(f"rope_type={rope_type!r}: only plain RoPE is exported")
-    if config.attention_type == "performer":
-        raise HfAttnError("attention_type='performer': llama.cpp has no FAVOR+ attention")
-    if config.sliding_window is not None:
+    design = config.design
+    if "gguf" not in design.export_formats:
+        formats = " or ".join(WRITERS[f] for f in design.export_formats)
+        instead = f"it exports with {formats}" if formats else "share it with its remote code"
+        raise HfAttnError(
+            f"attention_type={config.attention_type!r}: llama.cpp has no {design_title(design)} attention; {instead}"
+        )
+    if config.effective_sliding_window is not None:
         raise HfAttnError(
             f"sliding_window={config.sliding_window}: llama.cpp's llama architecture attends to the whole context"
         )
-    if config.attention_type == "mla":
+    gguf_architecture(config)
+    if _is_mla(config):
         if config.attention_bias:
             raise HfAttnError(
                 "attention_bias=True with attention_type='mla': llama.cpp's deepseek2 has no attention biases"
             )
-        if config.rms_norm_eps != LATENT_NORM_EPS:
+        if config.mla_latent_norm_eps != config.rms_norm_eps:
             raise HfAttnError(
-                f"rms_norm_eps={config.rms_norm_eps} with attention_type='mla': llama.cpp's "
-                f"deepseek2 uses it in the latent norms too, where hf_attn uses {LATENT_NORM_EPS}"
+                f"mla_latent_norm_eps={config.mla_latent_norm_eps} with rms_norm_eps={config.rms_norm_eps}: "
+                "llama.cpp's deepseek2 uses one eps in the block and latent norms (a checkpoint saved before "
+                "mla_latent_norm_eps existed keeps 1e-6 in its latent norms)"
             )
     _check_tokenizer(tokenizer, config.vocab_size)
 
@@ -192,7 +220,7 @@ def _write_hparams(writer, config) -> None:
     writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    if config.attention_type != "mla":
+    if not _is_mla(config):
         writer.add_head_count_kv(config.num_key_value_heads)
         writer.add_key_length(config.head_dim)
         writer.add_value_length(config.head_dim)
@@ -252,7 +280,7 @@ def gguf_tensors(model: HfAttnForCausalLM):
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # llama.cpp falls back to token_embd when `output` is absent
         tensor = tensor.detach().float()
-        if config.attention_type == "mla":
+        if _is_mla(config):
             yield from _mla_tensor(config, name, tensor)
         elif name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
             yield name, rope_rows_to_pairs(tensor, config.num_attention_heads, config.head_dim, 0, config.head_dim)

@@ -21,17 +21,56 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from ...model.configuration_hf_attn import HfAttnConfig
+from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...utils import HfAttnError, check_weights
 
-# --format of `hf-attn-export` -> the attention types it takes, and what to use for the others.
-FOLDER_FORMATS = {
-    "llama": (("mha", "gqa", "mqa"), "MLA models export with --format deepseek_v3 or gguf"),
-    "deepseek_v3": (("mla",), "MHA/GQA/MQA models export with --format llama or gguf"),
-    "mistral": (("mha", "gqa", "mqa"), "MLA models export with --format deepseek_v3 or gguf"),
-}
-NO_EXPORT = "attention_type='performer' has no transformers or llama.cpp equivalent: share it with its remote code"
+# Each design lists the formats that hold it (`AttentionDesign.export_formats`); these are the writers of each.
+WRITERS = {"llama": "to_llama()", "deepseek_v3": "to_deepseek_v3()", "mistral": "to_mistral()", "gguf": "export_gguf()"}
+FOLDER_FORMATS = ("llama", "deepseek_v3", "mistral")  # --format of `hf-attn-export` that writes a folder
+WINDOWED_FORMATS = ("mistral",)  # the formats whose attention has a sliding window (Mistral: Llama plus a window)
+NO_EXPORT = "attention_type={!r} has no transformers or llama.cpp equivalent: share it with its remote code"
+
+
+def design_title(design) -> str:
+    """A design's name in prose: its class docstring up to the first ':' ("FAVOR+", "MLA"), else its `name`."""
+    doc = (type(design).__dict__.get("__doc__") or "").strip()
+    head = doc.split(":", 1)[0]
+    return head if ":" in doc and len(head) <= 24 and "\n" not in head else design.name
+
+
+def export_refusal(config: HfAttnConfig, format: str, cli: bool = False) -> str | None:
+    """Why `format` cannot hold `config`'s model, in one line naming what to use instead (None: it can).
+
+    Read from the design: its `export_formats`, and the window, which only `WINDOWED_FORMATS` keep.
+    `cli` names the formats as `hf-attn-export`'s --format, otherwise as the functions that write them.
+    """
+    design, name = config.design, config.attention_type
+    window = config.effective_sliding_window
+    label = f"--format {format}" if cli else WRITERS[format]
+    if not design.export_formats:
+        return NO_EXPORT.format(name)
+    if format not in design.export_formats:
+        holders = ", ".join(d.name for d in ATTENTION_DESIGNS.values() if format in d.export_formats)
+        # with a window only the windowed formats fit; without one, Llama rather than Mistral-without-a-window
+        fits = [f for f in design.export_formats if (f in WINDOWED_FORMATS) == (window is not None)]
+        fits = fits or list(design.export_formats)
+        instead = "--format " + " or ".join(fits) if cli else " or ".join(WRITERS[f] for f in fits)
+        return f"{label} holds attention types {holders}, not {name!r}, which exports with {instead}"
+    if window is not None and format not in WINDOWED_FORMATS:
+        return (
+            f"sliding_window={window}: {label} attends to the whole context; "
+            "transformers' Mistral has the window (format 'mistral', or hf_attn.to_mistral)"
+        )
+    return None
+
+
+def check_export(config: HfAttnConfig, format: str, cli: bool = False) -> None:
+    """Raise `HfAttnError` with `export_refusal`'s line when `format` cannot hold `config`'s model."""
+    refusal = export_refusal(config, format, cli)
+    if refusal is not None:
+        raise HfAttnError(refusal)
+
 
 _SHARED_FIELDS = (
     "vocab_size",
@@ -61,21 +100,13 @@ def _shared(config: HfAttnConfig) -> dict:
 
 def llama_config(config: HfAttnConfig) -> LlamaConfig:
     """The `LlamaConfig` that describes the same network as an MHA/GQA/MQA `config` (no sliding window)."""
-    if config.attention_type == "performer":
-        raise HfAttnError(NO_EXPORT)
-    if config.attention_type == "mla":
-        raise ValueError("attention_type='mla' has no Llama equivalent; use to_deepseek_v3().")
-    if config.sliding_window is not None:
-        raise HfAttnError(f"sliding_window={config.sliding_window}: Llama attends to everything; use to_mistral().")
+    check_export(config, "llama")
     return LlamaConfig(**_shared(config), head_dim=config.head_dim, mlp_bias=False)
 
 
 def mistral_config(config: HfAttnConfig) -> MistralConfig:
     """The `MistralConfig` that describes the same network as an MHA/GQA/MQA `config`, sliding window included."""
-    if config.attention_type == "performer":
-        raise HfAttnError(NO_EXPORT)
-    if config.attention_type == "mla":
-        raise ValueError("attention_type='mla' has no Mistral equivalent; use to_deepseek_v3().")
+    check_export(config, "mistral")
     return MistralConfig(**_shared(config), head_dim=config.head_dim, sliding_window=config.sliding_window)
 
 
@@ -85,10 +116,12 @@ def deepseek_v3_config(config: HfAttnConfig) -> DeepseekV3Config:
     Every layer is dense (`first_k_dense_replace = num_hidden_layers`), RoPE is not interleaved and
     there are no multi-token-prediction layers, which is what hf_attn's MLA decoder is.
     """
-    if config.attention_type == "performer":
-        raise HfAttnError(NO_EXPORT)
-    if config.attention_type != "mla":
-        raise ValueError(f"to_deepseek_v3() needs attention_type='mla', got {config.attention_type!r}.")
+    check_export(config, "deepseek_v3")
+    if config.mla_latent_norm_eps != config.rms_norm_eps:  # DeepseekV3's latent norms use rms_norm_eps
+        raise HfAttnError(
+            f"mla_latent_norm_eps={config.mla_latent_norm_eps} with rms_norm_eps={config.rms_norm_eps}: "
+            "DeepseekV3 uses one eps in the block and latent norms."
+        )
     return DeepseekV3Config(
         **_shared(config),
         kv_lora_rank=config.kv_lora_rank,
@@ -148,19 +181,7 @@ def export_folder(model_dir: str, out_dir: str, format: str) -> str:
     if format not in FOLDER_FORMATS:
         raise ValueError(f"format must be one of {sorted(FOLDER_FORMATS)}, got {format!r}")
     model, tokenizer = load_for_export(model_dir)
-    config = model.config
-    types, instead = FOLDER_FORMATS[format]
-    if config.attention_type == "performer":
-        raise HfAttnError(NO_EXPORT)
-    if config.attention_type not in types:
-        raise HfAttnError(
-            f"--format {format} holds attention types {', '.join(types)}, not {config.attention_type!r}: {instead}"
-        )
-    if config.sliding_window is not None and format != "mistral":
-        raise HfAttnError(
-            f"sliding_window={config.sliding_window}: --format {format} attends to the whole context; "
-            "transformers' Mistral has the window (format 'mistral', or hf_attn.to_mistral)"
-        )
+    check_export(model.config, format, cli=True)
     target = EXPORTERS[format](model)
     target.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
