@@ -85,6 +85,9 @@ def test_generate_returns_hidden_states_and_attentions_per_step(make_model, desi
 def test_assisted_decoding_equals_greedy(make_model, design):
     """The model as its own assistant: the default static cache must not reach the assistant's calls."""
     model = make_model(design)
+    # as transformers' test: the assistant drafts 2 tokens per call, so it is called again on its cache
+    model.generation_config.num_assistant_tokens = 2
+    model.generation_config.num_assistant_tokens_schedule = "constant"
     ids = torch.randint(0, 256, (1, 6))
     greedy = model.generate(ids, max_new_tokens=8, do_sample=False)
     assisted = model.generate(ids, max_new_tokens=8, do_sample=False, assistant_model=model, output_hidden_states=True)

@@ -142,8 +142,8 @@ def set_number(page, elem_id: str, value: str):
 def test_info_shows_bounded_caches():
     performer = HfAttnForCausalLM(HfAttnConfig.from_preset("tiny", attention_type="performer"))
     info = LoadedModel("p", performer, None).info
-    # 2 layers x 4 K/V heads x 64 features x (16 + 1), float32 sums
-    assert "attention: `performer`" in info and "decode state: 8,704 elements = " in info and "at any context" in info
+    # 2 layers x 4 K/V heads x (64 features + 1 count row) x (16 + 1), float32 sums
+    assert "attention: `performer`" in info and "decode state: 8,840 elements = " in info and "at any context" in info
     window = HfAttnForCausalLM(HfAttnConfig.from_preset("tiny", attention_type="gqa", sliding_window=16))
     info = LoadedModel("w", window, None).info
     # 128 elements x 4 bytes per token up to the window; the cache holds 15 tokens at any longer context

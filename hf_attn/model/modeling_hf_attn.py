@@ -162,6 +162,7 @@ class HfAttnModel(HfAttnPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         # No default cache in training: nothing reads it, and filling it costs every layer an update
         # (transformers' T5Gemma does the same).
+        cache_given = cache is not None
         if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
         # e.g. Performer's feature redraws: outside the layers, so gradient checkpointing replays none
@@ -180,7 +181,8 @@ class HfAttnModel(HfAttnPreTrainedModel):
             given_positions = True
         # Checks that read tensor values would split a compiled graph: the compiled decode step skips them.
         if not torch.compiler.is_compiling():
-            self._check_positions(position_ids, given_positions, past_len, inputs_embeds.shape[1], attention_mask)
+            packing = given_positions and attention_mask is None and not cache_given  # how packed batches arrive
+            self._check_positions(position_ids, packing, given_positions, past_len, inputs_embeds.shape[1])
 
         masks = self._layer_masks(inputs_embeds, attention_mask, cache, position_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
@@ -221,7 +223,7 @@ class HfAttnModel(HfAttnPreTrainedModel):
             for layer_type in set(self.config.layer_types)
         }
 
-    def _check_positions(self, position_ids, given_positions, past_len, new_len, attention_mask) -> None:
+    def _check_positions(self, position_ids, packing, given_positions, past_len, new_len) -> None:
         """Refuse positions the model was not trained on, and packed batches a design cannot keep apart.
 
         Positions, not token counts: a padding-free packed batch (several documents in one row, their
@@ -230,8 +232,9 @@ class HfAttnModel(HfAttnPreTrainedModel):
         """
         if self.config.rope_dim == 0:
             # No position embedding to run out of; but one running state per row, so packed documents
-            # would read each other (transformers detects packing from restarting positions, without a mask).
-            if given_positions and attention_mask is None and find_packed_sequence_indices(position_ids) is not None:
+            # would read each other (transformers detects packing from restarting positions, given with
+            # neither a mask nor a cache, as padding-free collators send them).
+            if packing and find_packed_sequence_indices(position_ids) is not None:
                 raise ValueError(
                     f"attention_type={self.config.attention_type!r} keeps one running state per batch row, so a "
                     "packed batch (position_ids restarting inside a row) would mix its documents: pad them instead."
@@ -279,8 +282,9 @@ class HfAttnForCausalLM(HfAttnPreTrainedModel, GenerationMixin):
 
         Set here rather than in the saved generation config, because generate refuses a config's
         `cache_implementation` together with a cache the caller passes. The config is generate's own copy.
-        Only greedy, sampling and beam decoding change cache: assisted and prompt-lookup decoding crop the
-        cache back after rejected tokens, which transformers does on its DynamicCache. Flash-attention
+        Only greedy, sampling and beam decoding change cache, and not inside an assistant model: assisted
+        and prompt-lookup decoding crop the cache back after rejected tokens and call the assistant again
+        on the same cache, which transformers does on its DynamicCache. Flash-attention
         kernels keep the DynamicCache too: generate drops an all-ones mask before this hook, and flash
         attention needs it over a static cache's empty slots.
         """
@@ -288,6 +292,7 @@ class HfAttnForCausalLM(HfAttnPreTrainedModel, GenerationMixin):
             model_kwargs.get("cache") is None
             and generation_config.cache_implementation is None
             and generation_mode in STATIC_CACHE_MODES
+            and not getattr(generation_config, "is_assistant", False)  # an assistant's calls reuse one cache
             and "flash" not in (self.config._attn_implementation or "")
         ):
             generation_config.cache_implementation = self.default_cache_implementation
