@@ -76,6 +76,14 @@ def check_convert(trained, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "mla").config.attention_type == "mla"
 
 
+def check_import(trained, tmp_path):
+    out, _ = trained
+    run("hf-attn-export", out, "--format", "llama", "--out", tmp_path / "llama")  # a LlamaForCausalLM folder
+    proc = run("hf-attn-import", tmp_path / "llama", "--output-dir", tmp_path / "imported")
+    assert f"wrote {tmp_path / 'imported'}" in proc.stdout
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "imported").config.attention_type == "gqa"
+
+
 def check_push_to_hub(trained, tmp_path):
     out, _ = trained
     proc = run("hf-attn-push-to-hub", out, "--repo-id", "alice/tiny-gqa", "--dry-run", tmp_path / "staged")
@@ -110,6 +118,7 @@ CASES = {
     "hf-attn-evaluate": check_evaluate,
     "hf-attn-export": check_export,
     "hf-attn-convert": check_convert,
+    "hf-attn-import": check_import,
     "hf-attn-push-to-hub": check_push_to_hub,
     "hf-attn-train-tokenizer": check_train_tokenizer,
     "hf-attn-compare": check_compare,

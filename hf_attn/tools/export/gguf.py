@@ -268,6 +268,8 @@ def _write_tokenizer(writer, tokenizer, vocab_size: int) -> None:
             add(token_id)
     writer.add_add_bos_token(tokenizer.encode("a") != tokenizer.encode("a", add_special_tokens=False))
     writer.add_add_eos_token(False)
+    if isinstance(getattr(tokenizer, "chat_template", None), str):
+        writer.add_chat_template(tokenizer.chat_template)  # llama.cpp's chat formatting reads it
 
 
 # ---------------------------------------------------------------- tensors
