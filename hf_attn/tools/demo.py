@@ -45,8 +45,8 @@ class LoadedModel:
         lines = [f"**{self.name}**", f"attention: `{attn}`"]
         elems = getattr(config, "kv_cache_elements_per_token", None)
         ctx = getattr(config, "max_position_embeddings", None)
-        if getattr(config, "attention_type", None) == "performer":
-            state = config.kv_cache_elements(ctx)  # float32 sums, a constant size
+        if elems == 0:  # a state that does not grow with the context (Performer's: float32 sums)
+            state = config.kv_cache_elements(ctx)
             lines.append(f"decode state: {state:,} elements = {format_bytes(4 * state)} in float32, at any context")
         elif elems is not None:
             nbytes = elems * self.model.dtype.itemsize
@@ -55,7 +55,7 @@ class LoadedModel:
                 if hasattr(config, "kv_cache_elements")
                 else nbytes * ctx
             )
-            window = getattr(config, "sliding_window", None)
+            window = getattr(config, "effective_sliding_window", getattr(config, "sliding_window", None))
             lines.append(
                 f"KV cache: {elems:,} elements/token = {format_bytes(nbytes)}/token in "
                 f"{str(self.model.dtype).removeprefix('torch.')}"

@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..utils import HfAttnError, check_safetensors, is_offline, markdown_table, read_jsonl
+from .export.to_transformers import design_title
 
 try:  # huggingface_hub >= 2 talks through httpx2, 1.x through httpx
     from httpx2 import TransportError
@@ -282,25 +283,21 @@ def _architecture_section(config: HfAttnConfig, params: int, dtype: str, nbytes:
 
 
 def _cache_rows(config: HfAttnConfig, dtype: str, nbytes: int) -> list[str]:
-    """What the decode cache holds: per token for K/V caches, a constant state for Performer."""
+    """What the decode cache holds, from the design: per token where it grows, else its constant state."""
     ctx, layers = config.max_position_embeddings, config.num_hidden_layers
-    if config.attention_type == "performer":
-        elems = config.kv_cache_elements(ctx)
-        formula = (
-            f"{config.num_key_value_heads} K/V heads x ({config.performer_features} features + 1 count) x "
-            f"(head_dim {config.head_dim} + 1) x {layers} layers"
-        )
-        # the state accumulates sums in float32 whatever the weights' dtype
-        return [f"| decode state (FAVOR+) | {elems:,} elements = {formula}; {format_bytes(4 * elems)} in float32, "
-                "whatever the context length |"]  # fmt: skip
+    design = config.design
+    dims = design.describe(config)
     kv_elems = config.kv_cache_elements_per_token
-    if config.attention_type == "mla":
-        kv_formula = f"(kv_lora_rank {config.kv_lora_rank} + qk_rope_head_dim {config.qk_rope_head_dim}) x {layers}"
-    else:
-        kv_formula = f"2 x {config.num_key_value_heads} K/V heads x head_dim {config.head_dim} x {layers}"
+    if kv_elems == 0:  # a state that does not grow with the context (Performer's)
+        elems = config.kv_cache_elements(ctx)
+        formula = f"{elems // layers:,} per layer ({dims}) x {layers} layers"
+        # such a state accumulates sums in float32 whatever the weights' dtype (Performer's does)
+        return [f"| decode state ({design_title(design)}) | {elems:,} elements = {formula}; "
+                f"{format_bytes(4 * elems)} in float32, whatever the context length |"]  # fmt: skip
+    kv_formula = f"{kv_elems // layers:,} per layer ({dims}) x {layers}"
     per_token = format_bytes(kv_elems * nbytes)
     rows = [f"| KV cache per token | {kv_elems:,} elements = {kv_formula} layers; {per_token} in {dtype} |"]
-    if config.sliding_window is not None:
+    if config.effective_sliding_window is not None:
         rows.append(f"| sliding window | {config.sliding_window:,} tokens: the cache stops growing there |")
     full = config.kv_cache_elements(ctx) * nbytes
     rows.append(f"| KV cache at full context | {format_bytes(full)} per sequence ({ctx:,} tokens) |")

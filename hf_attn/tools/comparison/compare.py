@@ -41,34 +41,50 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from ...model.configuration_hf_attn import HfAttnConfig
+from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
 from ...train.options import DEFAULT_PRESET, ModelOptions, TrainArgs, format_overrides, parse_overrides
 from ...utils import cache_bytes, environment, prepare_output_dir
-from .report import attention_dims, comparison_table, write_comparison_report
+from .report import comparison_table, write_comparison_report
 from .stats import frontier_of, summarize
 from .sweep import sweep_variants
 
 __all__ = ["comparison_table", "run_comparison", "CompareArgs", "CompareOptions", "VARIANTS"]
 
-# Variant name -> config overrides on top of the preset (the dims the config does not derive).
-# "hidden/N" and "block/N" are sizes of the run: the preset's hidden size, the training block.
-VARIANTS: dict[str, dict] = {
-    "mha": {"attention_type": "mha"},
-    "gqa": {"attention_type": "gqa"},
-    "mqa": {"attention_type": "mqa"},
-    "mla": {"attention_type": "mla"},
+# Named variants beyond the registered designs: a design plus config overrides on top of the preset (the
+# dims the config does not derive). "hidden/N" and "block/N" are sizes of the run: the preset's hidden
+# size, the training block. Every registered design is a variant by its own name (`VARIANTS`).
+NAMED_VARIANTS: dict[str, dict] = {
     "swa": {"attention_type": "mha", "sliding_window": "block/4"},
-    "performer": {"attention_type": "performer"},
     "mla-q": {"attention_type": "mla", "q_lora_rank": "hidden/2"},
 }
+
+
+class _Variants(Mapping):
+    """Variant name -> config overrides: every design in `ATTENTION_DESIGNS` as it registers, and `NAMED_VARIANTS`."""
+
+    def _table(self) -> dict[str, dict]:
+        return {**{name: {"attention_type": name} for name in ATTENTION_DESIGNS}, **NAMED_VARIANTS}
+
+    def __getitem__(self, name: str) -> dict:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+VARIANTS: Mapping[str, dict] = _Variants()
 DEFAULT_VARIANTS = ("mha", "gqa", "mqa", "mla", "swa", "performer")
 MARKER = "compare_args.json"
-# The config fields each result records: the trunk and every attention dim (derived ones included).
-CONFIG_FIELDS = (
+# The trunk's config fields each result records; every registered design's own fields follow (`recorded_fields`).
+TRUNK_FIELDS = (
     "vocab_size",
     "hidden_size",
     "intermediate_size",
@@ -77,17 +93,16 @@ CONFIG_FIELDS = (
     "num_key_value_heads",
     "head_dim",
     "attention_type",
-    "kv_lora_rank",
-    "q_lora_rank",
-    "qk_nope_head_dim",
-    "qk_rope_head_dim",
-    "v_head_dim",
     "sliding_window",
-    "performer_features",
-    "performer_redraw_interval",
-    "performer_chunk_size",
     "max_position_embeddings",
 )
+
+
+def recorded_fields() -> tuple[str, ...]:
+    """The config fields each result records: the trunk and every attention dim (derived ones included)."""
+    return tuple(dict.fromkeys([*TRUNK_FIELDS, *(f for d in ATTENTION_DESIGNS.values() for f in d.fields)]))
+
+
 # Short names of the swept fields, for plot labels: "gqa kv=2", "mla d_c=64", "swa window=8", "performer m=16".
 SHORT_NAMES = {
     "num_key_value_heads": "kv",
@@ -334,13 +349,13 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, see
     cache = measure_kv_cache(model, prompt_len=block - 7, new_tokens=8)  # the cache holds `block` tokens
     decode = decode_tokens_per_s(model, args.decode_context, args.decode_steps) if args.decode_context else None
     measure_s = time.perf_counter() - measure_start
-    config = {k: getattr(model.config, k, None) for k in CONFIG_FIELDS}
+    config = {k: getattr(model.config, k, None) for k in recorded_fields()}
     return {
         "variant": spec,
         "seed": seed,
         "label": variant_label(spec),
         "attention_type": model.config.attention_type,
-        "attention_dims": attention_dims(config),
+        "attention_dims": model.config.design.describe(model.config),
         "status": "ok",
         "model_dir": result["model_dir"],
         "params": result["params"],

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import os
 
-# One colour per design family in the cache plots; the sweep joins a family's points by a line.
-FAMILY_COLORS = {"kv_heads": "C0", "mla": "C1", "window": "C2", "features": "C3"}
+# The palette of the design families in the cache plots, in the order the families first appear (the sweep
+# joins a family's points by a line); matplotlib's default cycle.
+PALETTE = tuple(f"C{i}" for i in range(10))
+
+
+def family_colors(families) -> dict[str, str]:
+    """A colour per family, from `PALETTE` in order of first appearance (repeating past ten families)."""
+    return {family: PALETTE[i % len(PALETTE)] for i, family in enumerate(dict.fromkeys(families))}
 
 
 def _pyplot():
@@ -77,8 +83,9 @@ def plot_quality_vs_cache(
     fig, ax = plt.subplots(figsize=(9, 5.5) if frontier is not None else (7, 4.5))
     ok = [v for v in variants if v["status"] == "ok"]
     drawn = {}
+    colors = family_colors(family_of(v["variant"]) for v in ok) if family_of else {}
     for v in ok:
-        color = FAMILY_COLORS.get(family_of(v["variant"]), "C7") if family_of else None
+        color = colors[family_of(v["variant"])] if family_of else None
         err = ax.errorbar(
             v["kv_cache_bytes_at_block"],
             v["val_bits_per_char"],
@@ -97,21 +104,13 @@ def plot_quality_vs_cache(
         drawn[v["variant"]] = (float(x), float(y), yerr)
         _annotate(ax, v, x, y, frontier)
     if family_of is not None:
-        _draw_families(ax, ok, family_of)
+        _draw_families(ax, ok, family_of, colors)
     front_drawn = _draw_frontier(ax, ok, frontier) if frontier is not None else None
     _cache_axes(ax, ok, block_size, frontier)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return {"points": drawn, "frontier": front_drawn}
-
-
-FAMILY_NAMES = {
-    "kv_heads": "mha / gqa / mqa: K/V heads",
-    "mla": "mla: kv_lora_rank",
-    "window": "swa: sliding window",
-    "features": "performer: random features",
-}
 
 
 def _annotate(ax, v: dict, x: float, y: float, frontier: list[str] | None) -> None:
@@ -125,19 +124,19 @@ def _annotate(ax, v: dict, x: float, y: float, frontier: list[str] | None) -> No
     ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4), **style)
 
 
-def _draw_families(ax, ok: list[dict], family_of) -> None:
+def _draw_families(ax, ok: list[dict], family_of, colors: dict[str, str]) -> None:
     """A thin line through each design family's points, by increasing cache, named in the legend."""
-    for family in dict.fromkeys(family_of(v["variant"]) for v in ok):
+    for family in colors:
         points = sorted(
             (v["kv_cache_bytes_at_block"], v["val_bits_per_char"]) for v in ok if family_of(v["variant"]) == family
         )
         ax.plot(
             [p[0] for p in points],
             [p[1] for p in points],
-            color=FAMILY_COLORS.get(family, "C7"),
+            color=colors[family],
             linewidth=0.8,
             alpha=0.6,
-            label=FAMILY_NAMES.get(family, family),
+            label=family,
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from ...model.configuration_hf_attn import HfAttnConfig
 from ...train.options import DEFAULT_PRESET
 from ...utils import markdown_table
 from .plots import plot_quality_vs_cache, save_plots
@@ -20,13 +21,17 @@ def _fmt(value, spec: str) -> str:
 
 
 def attention_dims(config: dict) -> str:
-    """The attention dims that set a design's cache, in a few characters: 'kv 2', 'd_c 128 + d_R 16'..."""
-    if config["attention_type"] == "mla":
-        return f"d_c {config['kv_lora_rank']} + d_R {config['qk_rope_head_dim']}"
-    if config["attention_type"] == "performer":
-        return f"m {config.get('performer_features')}"
-    dims = f"kv {config['num_key_value_heads']}"
-    return dims + (f", window {config['sliding_window']}" if config.get("sliding_window") else "")
+    """The attention dims that set a design's cache, in a few characters: 'kv 2', 'd_c 128 + d_R 16'...
+
+    Read from the design (`AttentionDesign.describe`) of the config a run recorded; a config that no
+    longer builds (its design not registered here) shows its attention type.
+    """
+    fields = {k: v for k, v in config.items() if v is not None and k != "seed"}
+    try:
+        built = HfAttnConfig(**fields)
+    except (ValueError, TypeError):
+        return str(config.get("attention_type"))
+    return built.design.describe(built)
 
 
 def runs_table(runs: list[dict], block_size: int) -> str:
