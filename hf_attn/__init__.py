@@ -15,7 +15,17 @@ Importing the package registers the classes with transformers' Auto classes, so
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .model import ATTENTION_TYPES, PRESETS, HfAttnConfig, HfAttnForCausalLM, HfAttnModel, HfAttnPreTrainedModel
+from .model import (
+    ATTENTION_DESIGNS,
+    ATTENTION_TYPES,
+    PRESETS,
+    AttentionDesign,
+    HfAttnConfig,
+    HfAttnForCausalLM,
+    HfAttnModel,
+    HfAttnPreTrainedModel,
+    register_attention_design,
+)
 from .tools.export.to_transformers import to_deepseek_v3, to_llama, to_mistral
 
 AutoConfig.register(HfAttnConfig.model_type, HfAttnConfig, exist_ok=True)
@@ -23,7 +33,10 @@ AutoModel.register(HfAttnConfig, HfAttnModel, exist_ok=True)
 AutoModelForCausalLM.register(HfAttnConfig, HfAttnForCausalLM, exist_ok=True)
 
 __all__ = [
+    "ATTENTION_DESIGNS",
     "ATTENTION_TYPES",
+    "AttentionDesign",
+    "register_attention_design",
     "PRESETS",
     "HfAttnConfig",
     "HfAttnModel",

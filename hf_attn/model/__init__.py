@@ -5,10 +5,14 @@ a downloaded folder loads with `trust_remote_code=True` where hf_attn is not ins
 `tests/test_layout.py` enforces it.
 """
 
+from .attention_utils import ATTENTION_DESIGNS, AttentionDesign, register_attention_design
 from .configuration_hf_attn import ATTENTION_TYPES, GQA_FAMILY, PRESETS, HfAttnConfig
 from .modeling_hf_attn import HfAttnForCausalLM, HfAttnModel, HfAttnPreTrainedModel
 
 __all__ = [
+    "ATTENTION_DESIGNS",
+    "AttentionDesign",
+    "register_attention_design",
     "ATTENTION_TYPES",
     "GQA_FAMILY",
     "PRESETS",
