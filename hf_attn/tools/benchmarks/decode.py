@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from ...model.configuration_hf_attn import ATTENTION_TYPES, HfAttnConfig
+from ...model.configuration_hf_attn import ATTENTION_DESIGNS, ATTENTION_TYPES, HfAttnConfig
 
 
 @torch.inference_mode()
@@ -54,22 +54,24 @@ DECODE_PATHS = {
 }
 
 
-# The decode and capacity benchmarks' trunk (the README's decode numbers use it), and MLA's dims on it.
+# The decode and capacity benchmarks' trunk (the README's decode numbers use it), and MLA's dims on it:
+# each design takes the ones among its own `fields` (the others derive theirs from head_dim 64).
 DECODE_TRUNK = dict(hidden_size=512, num_attention_heads=8, num_hidden_layers=4, intermediate_size=1376)
 DECODE_MLA_DIMS = dict(kv_lora_rank=128, qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64)
 
 
 def decode_configs(vocab_size: int, max_positions: int, window: int | None) -> dict[str, HfAttnConfig]:
-    """One config per design on `DECODE_TRUNK`: every attention type, and MHA with a sliding `window`.
+    """One config per design on `DECODE_TRUNK`: every registered design, and MHA with a sliding `window`.
 
     Weights are drawn 4x wider than the default (initializer_range 0.08): random logits then have clear
     maxima, so greedy tokens can be compared across paths (with 0.02 the top logits nearly tie).
     """
     trunk = dict(DECODE_TRUNK, vocab_size=vocab_size, max_position_embeddings=max_positions, initializer_range=0.08)
     configs = {}
-    for attention_type in ATTENTION_TYPES:
-        extra = DECODE_MLA_DIMS if attention_type == "mla" else dict(head_dim=64)
-        configs[attention_type] = HfAttnConfig(**trunk, attention_type=attention_type, **extra)
+    for name in dict.fromkeys([*ATTENTION_TYPES, *ATTENTION_DESIGNS]):  # the built-ins first, in their order
+        design = ATTENTION_DESIGNS[name]
+        extra = {field: value for field, value in DECODE_MLA_DIMS.items() if field in design.fields}
+        configs[name] = HfAttnConfig(**trunk, attention_type=name, head_dim=64, **extra)
     if window:
         configs["mha_window"] = HfAttnConfig(**trunk, attention_type="mha", head_dim=64, sliding_window=window)
     return configs

@@ -38,15 +38,17 @@ import torch
 from ...model.configuration_hf_attn import ATTENTION_TYPES, HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...utils import HfAttnError, environment
-from ..export.to_transformers import to_deepseek_v3
 from .decode import decode_steps, expand_cache_batch, filled_cache
 from .gpu_fsdp import part_fsdp
 from .gpu_report import write_report
+from .timing import reference_twin
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from NVIDIA's data sheets, by device-name substring.
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989.4e12, "H200": 989.4e12, "GH200": 989.4e12}
 PEAK_BF16.update({"A100": 312e12, "L40S": 362e12, "B200": 2250e12})
 PART_NAMES = ("train", "decode", "fsdp")
+# The designs the decode part times, and after them transformers' twin of the first (its goal: MLA against both)
+DECODE_DESIGNS = ("mla", "mha")
 
 
 @dataclass
@@ -148,12 +150,12 @@ def flops_per_token(model: HfAttnForCausalLM, seq_len: int) -> float:
     embed = model.get_input_embeddings().weight
     n = sum(p.numel() for p in model.parameters() if p.dim() == 2 and p is not embed)
     n += config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0  # the tied head's matmul
-    if config.attention_type == "performer":
+    if not config.design.has_attention_weights:  # no T x T score matrix (Performer's linear attention)
         return 6.0 * n
-    if config.attention_type == "mla":
-        d_qk, d_v = config.qk_nope_head_dim + config.qk_rope_head_dim, config.v_head_dim
-    else:
-        d_qk = d_v = config.head_dim
+    # the query-key and value head dims, as the attention module holds them (MLA: nope + rope, and v_head_dim)
+    attention = model.model.layers[0].self_attn
+    d_qk = getattr(attention, "qk_head_dim", None) or config.head_dim
+    d_v = getattr(attention, "v_head_dim", None) or config.head_dim
     return 6.0 * n + 6.0 * config.num_hidden_layers * config.num_attention_heads * seq_len * (d_qk + d_v)
 
 
@@ -230,16 +232,18 @@ def part_train(sizes: Sizes, device: torch.device, env: dict, guard: Guard, part
 
 
 def decode_models(sizes: Sizes, device: torch.device) -> dict[str, torch.nn.Module]:
-    """MLA and MHA at the decode preset with room for the context, and DeepseekV3 with the MLA weights, bf16."""
+    """The `DECODE_DESIGNS` at the decode preset with room for the context, and transformers' twin of the
+    first (DeepseekV3 with the MLA weights, `reference_twin`), bf16."""
     room = sizes.decode_context + sizes.decode_steps + 8
     models = {}
-    for attention_type in ("mla", "mha"):
+    for attention_type in DECODE_DESIGNS:
         config = HfAttnConfig.from_preset(
             sizes.decode_preset, attention_type=attention_type, max_position_embeddings=room
         )
         torch.manual_seed(0)
         models[attention_type] = HfAttnForCausalLM._from_config(config, attn_implementation="sdpa")
-    models["deepseek_v3"] = to_deepseek_v3(models["mla"])
+    twin = reference_twin(models[DECODE_DESIGNS[0]])
+    models[twin.config.model_type] = twin
     return {name: model.to(device=device, dtype=torch.bfloat16).eval() for name, model in models.items()}
 
 
@@ -282,7 +286,7 @@ def decode_rows(name: str, model, prompt: torch.Tensor, sizes: Sizes, guard: Gua
 def part_decode(sizes: Sizes, device: torch.device, env: dict, guard: Guard, part_end: float) -> list[dict]:
     """`decode_rows` for MLA, MHA and DeepseekV3."""
     models = decode_models(sizes, device)
-    vocab = models["mha"].config.vocab_size
+    vocab = models[DECODE_DESIGNS[0]].config.vocab_size
     prompt = torch.randint(0, vocab, (1, sizes.decode_context), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(device)
     results = []

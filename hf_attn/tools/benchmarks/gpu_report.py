@@ -75,12 +75,14 @@ def decode_section(rows: list[dict], sizes: Sizes) -> list[str]:
         if r.get("tokens_per_s"):
             key = (r["model"], r["batch"])
             best[key] = max(best.get(key, 0.0), r["tokens_per_s"])
+    models = list(dict.fromkeys(r["model"] for r in rows))  # the decode part's first design against the rest
     for batch in sizes.decode_batches:
-        mla = best.get(("mla", batch))
-        for other in ("mha", "deepseek_v3"):
-            if mla and best.get((other, batch)):
+        mine = best.get((models[0], batch)) if models else None
+        for other in models[1:]:
+            if mine and best.get((other, batch)):
                 lines.append(
-                    f"- batch {batch}, each on its faster cache: MLA / {other} = {mla / best[(other, batch)]:.2f}x"
+                    f"- batch {batch}, each on its faster cache: {models[0].upper()} / {other} = "
+                    f"{mine / best[(other, batch)]:.2f}x"
                 )
     return lines + [""]
 

@@ -22,13 +22,23 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoTokenizer
 
-from ...model.configuration_hf_attn import HfAttnConfig
+from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
 from ...utils import cache_bytes, format_table, markdown_table
 from ..export.gguf import export_gguf, llama_cpp_decode, load_llama_cpp
 from .decode import greedy_decode, prefill
 from .timing import alternating_order, build_model, paired_ratio, write_json
 
-DESIGNS = ("mha", "mla")
+
+def gguf_designs() -> tuple[str, ...]:
+    """One design per GGUF tensor layout: the first registered of each design class that exports to GGUF
+    (`AttentionDesign.export_formats`): MHA for llama.cpp's `llama`, MLA for its `deepseek2`."""
+    first = {}
+    for name, design in ATTENTION_DESIGNS.items():
+        if "gguf" in design.export_formats:
+            first.setdefault(type(design), name)
+    return tuple(first.values())
+
+
 GGUF_DTYPES = ("f32", "q8_0")
 # engine name -> (GGUF dtype, flash attention)
 LLAMA_ENGINES = {
@@ -62,7 +72,7 @@ def build_engines(options: LlamaCppBenchOptions, tokenizer, folder: str) -> tupl
     """{(design, engine): runner} and the configs and llama.cpp KV sizes, for both designs."""
     engines, configs, llama_kv = {}, {}, {}
     n_ctx = max(options.contexts) + options.steps + 1
-    for design in DESIGNS:
+    for design in gguf_designs():
         config = HfAttnConfig(
             vocab_size=len(tokenizer), hidden_size=options.hidden_size,
             num_attention_heads=options.num_attention_heads, num_hidden_layers=options.num_hidden_layers,
@@ -160,7 +170,7 @@ def tables(options: LlamaCppBenchOptions, speeds: list[dict], kvs: list[dict], m
     for engine in LLAMA_ENGINES:
         headers += [engine, "x"]
     rows = []
-    for design in DESIGNS:
+    for design in gguf_designs():
         for context in options.contexts:
             row = [design.upper(), context, by[design, "transformers f32", context]["decode_tok_s"]]
             for engine in LLAMA_ENGINES:

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...utils import cache_bytes, format_table
+from ..export.to_transformers import export_refusal
 from .decode import (
     DECODE_MLA_DIMS,
     DECODE_PATHS,
@@ -74,7 +75,21 @@ class DecodeBenchOptions:
         self.compile_cells = [cell for cell in self.compile_cells if cell != "none"]
 
 
-TWINS = {"deepseek_v3": "mla", "llama": "mha"}  # transformers' class -> the hf_attn model whose weights it carries
+TWIN_FORMATS = ("deepseek_v3", "llama")  # transformers' classes run beside hf_attn's, each with one model's weights
+
+
+def twin_sources(configs: dict) -> dict[str, str]:
+    """transformers' class -> the hf_attn model whose weights it carries: for each of `TWIN_FORMATS`, the
+    first of `configs` whose design exports to it (`export_refusal`): MLA for DeepseekV3, MHA for Llama."""
+    found = {}
+    for format in TWIN_FORMATS:
+        source = next((name for name, config in configs.items() if export_refusal(config, format) is None), None)
+        if source is not None:
+            found[format] = source
+    return found
+
+
+TWINS = twin_sources(decode_configs(vocab_size=256, max_positions=8, window=2))  # the designs, whatever the sizes
 
 
 def build_models(options: DecodeBenchOptions, max_positions: int) -> tuple[dict, dict]:
@@ -177,15 +192,28 @@ def summarize_cell(runs: dict, batch: int, steps: int) -> dict:
     return cell
 
 
-# (context, batch) -> [(model, reference model, minimum ratio of best-path tokens/s)]: the project's goals
-TARGETS = {
-    (4096, 1): [("mla", "mha", 1.5)],
-    (4096, 8): [("mla", "mha", 2.0)],
-    (4096, 32): [("mla", "mha", 2.0)],
-    (8192, 8): [("mla", "mha", 2.0), ("performer", "mha", 2.0)],
-    (8192, 32): [("mla", "mha", 2.0), ("performer", "mha", 2.0)],
-    (8192, 1): [("mla", "deepseek_v3", 8.0), ("performer", "mha", 2.0)],  # Performer's: issue 14
+# The project's goals, per design: [(reference model, minimum ratio of best-path tokens/s, cells (context, batch))]
+GOALS = {
+    "mla": [
+        ("mha", 1.5, [(4096, 1)]),
+        ("mha", 2.0, [(4096, 8), (4096, 32), (8192, 8), (8192, 32)]),
+        ("deepseek_v3", 8.0, [(8192, 1)]),
+    ],
+    "performer": [("mha", 2.0, [(8192, 1), (8192, 8), (8192, 32)])],  # Performer's at batch 1: issue 14
 }
+
+
+def goals_by_cell(goals: dict) -> dict[tuple[int, int], list[tuple[str, str, float]]]:
+    """(context, batch) -> [(model, reference model, minimum ratio)], in the order of `goals`."""
+    cells: dict[tuple[int, int], list[tuple[str, str, float]]] = {}
+    for name, targets in goals.items():
+        for other, minimum, where in targets:
+            for cell in where:
+                cells.setdefault(cell, []).append((name, other, minimum))
+    return cells
+
+
+TARGETS = goals_by_cell(GOALS)
 GENERATE_WITHIN = 0.9  # plain generate() within 10% of the model's best path
 
 

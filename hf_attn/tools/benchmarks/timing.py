@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from ...model.configuration_hf_attn import HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
-from ...utils import environment, format_table
-from ..export.to_transformers import to_deepseek_v3, to_llama
+from ...utils import HfAttnError, environment, format_table
+from ..export.to_transformers import EXPORTERS, export_refusal
 
 
 def build_model(config: HfAttnConfig, attn_implementation: str = "sdpa", seed: int = 0) -> HfAttnForCausalLM:
@@ -29,8 +29,14 @@ def build_model(config: HfAttnConfig, attn_implementation: str = "sdpa", seed: i
 
 
 def reference_twin(model: HfAttnForCausalLM):
-    """transformers' own class with `model`'s weights: DeepseekV3 for MLA, Llama otherwise."""
-    return to_deepseek_v3(model) if model.config.attention_type == "mla" else to_llama(model)
+    """transformers' own class with `model`'s weights: the first transformers format its design exports to
+    that holds this config (`AttentionDesign.export_formats`: DeepseekV3 for MLA, Llama for MHA/GQA/MQA,
+    Mistral for those with a window); a design without one is refused, naming it."""
+    config = model.config
+    formats = [f for f in config.design.export_formats if f in EXPORTERS and export_refusal(config, f) is None]
+    if not formats:
+        raise HfAttnError(f"attention_type={config.attention_type!r} has no transformers twin to compare with")
+    return EXPORTERS[formats[0]](model)
 
 
 def alternating_order(names: list[str], i: int) -> list[str]:

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...model.attention_utils import register_attention_design
 from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
 from ...train.options import DEFAULT_PRESET, ModelOptions, TrainArgs, format_overrides, parse_overrides
 from ...utils import cache_bytes, environment, prepare_output_dir
@@ -409,7 +410,16 @@ def _run_in_fresh_process(args: CompareArgs, spec: str, overrides: dict, out_dir
         ["hf_attn.train.loop", "hf_attn.train.report", "hf_attn.model.modeling_hf_attn", "transformers"]
     )
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(run_variant, args, spec, overrides, out_dir, seed).result()
+        designs = dict(ATTENTION_DESIGNS)  # the designs registered here, built-in or not, travel with the call
+        return pool.submit(_run_variant_with, designs, args, spec, overrides, out_dir, seed).result()
+
+
+def _run_variant_with(designs: dict, *args) -> dict:
+    """`run_variant` in the fresh process, after registering the designs of the parent it lacks."""
+    for name, design in designs.items():
+        if name not in ATTENTION_DESIGNS:
+            register_attention_design(design)
+    return run_variant(*args)
 
 
 def failed_record(spec: str, overrides: dict, seed: int, error: BaseException) -> dict:

@@ -48,10 +48,13 @@ from typing import Literal
 import torch
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
+from ...model.attention import KeyValueHeadsDesign
+from ...model.attention_mla import MLADesign
 from ...model.configuration_hf_attn import HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...train.data import CorpusSpec, load_text_splits
 from ...utils import HfAttnError, check_weights, prepare_output_dir
+from ..export.to_transformers import design_title
 
 LATENT_NORMS = ("fit", "bypass")
 MARKER = "conversion.json"
@@ -199,10 +202,19 @@ class Plan:
 
 def check_request(config: HfAttnConfig, kv_lora_rank, qk_rope_head_dim, rope_stride, latent_norm) -> Plan:
     """The conversion's plan; a request the source cannot satisfy raises ValueError or HfAttnError naming why."""
-    if config.attention_type == "mla":
+    # The conversion reads Llama's q/k/v/o projections, MHA/GQA/MQA's weights: keyed on the design's class.
+    design = config.design
+    if isinstance(design, MLADesign):
         raise ValueError("the source is already an MLA model")
-    if config.attention_type == "performer":
-        raise HfAttnError("the source is a Performer: FAVOR+ has no softmax keys and values for MLA to compress")
+    if not design.has_attention_weights:
+        raise HfAttnError(
+            f"the source is a {design.name.capitalize()}: {design_title(design)} has no softmax keys and values "
+            "for MLA to compress"
+        )
+    if not isinstance(design, KeyValueHeadsDesign):
+        raise HfAttnError(
+            f"the source has attention_type={design.name!r}: convert_to_mla reads MHA/GQA/MQA's q/k/v/o projections"
+        )
     if config.sliding_window is not None:
         raise HfAttnError(
             f"the source has sliding_window={config.sliding_window}: the MLA model would attend to the whole "

@@ -437,7 +437,8 @@ def plot(path: str, results: dict, compare_results: list[dict]) -> None:
 def _plot_compared(ax, compare_results: list[dict]) -> None:
     """The comparison's own models, gray squares."""
     for r in compare_results:
-        if r.get("status") == "ok" and r["variant"] in ("gqa", "mqa", "mla", "mha"):
+        # the designs whose cache grows per token (this plot's x); bounded ones (window, Performer) have no point
+        if r.get("status") == "ok" and not r.get("kv_cache_bounded") and r.get("kv_cache_bytes_per_token"):
             ax.scatter(r["kv_cache_bytes_per_token"], r["val_bits_per_char"], marker="s", color="gray", s=50)
             ax.annotate(
                 f"compare {r['variant']}",
