@@ -50,7 +50,9 @@ class QKNormAttention(HfAttnAttention):
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        output, weights = interface(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
+        output, weights = interface(
+            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+        )
         return self.o_proj(output.reshape(batch, seq_len, -1)), weights
 
 

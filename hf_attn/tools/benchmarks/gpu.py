@@ -4,7 +4,7 @@ Three parts, each with a time budget, under a global guard (`budget`, default 45
 whatever no longer fits and says so in the report:
 
 1. train   tokens/s of a bf16 training step (autocast, float32 master weights, fused AdamW) of the
-           `gpt2-124m` preset for every attention type in `ATTENTION_TYPES`, with sdpa, and with
+           `gpt2-124m` preset for every registered attention design, with sdpa, and with
            flash-attention 2 where `flash_attn` imports. Model FLOPs utilisation is
            achieved FLOP/s / the GPU's dense bf16 peak, with FLOPs per token (PaLM, appendix B):
                6 N + 6 L H T (d_qk + d_v)
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...model.configuration_hf_attn import ATTENTION_TYPES, HfAttnConfig
+from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...utils import HfAttnError, environment
 from .decode import decode_steps, expand_cache_batch, filled_cache
@@ -213,7 +213,7 @@ def part_train(sizes: Sizes, device: torch.device, env: dict, guard: Guard, part
     kernels = ["sdpa"] + (["flash_attention_2"] if env["flash_attn"] and device.type == "cuda" else [])
     results = []
     for kernel in kernels:
-        for attention_type in ATTENTION_TYPES:
+        for attention_type in list(ATTENTION_DESIGNS):
             if guard.elapsed() > part_end:
                 results.append({"attention_type": attention_type, "kernel": kernel, "skipped": "time budget"})
                 continue

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...model.attention import KeyValueHeadsDesign
 from ...model.configuration_hf_attn import HfAttnConfig
 
 
@@ -135,7 +136,7 @@ class PlainDecoder(nn.Module):
 
     def __init__(self, config: HfAttnConfig):
         super().__init__()
-        if config.attention_type not in ("mha", "gqa", "mqa"):
+        if type(config.design) is not KeyValueHeadsDesign:  # its own copy of exactly that class's computation
             raise ValueError(f"attention_type: PlainDecoder implements mha/gqa/mqa, not {config.attention_type!r}")
         if getattr(config, "sliding_window", None) is not None:
             raise ValueError("sliding_window: PlainDecoder implements full causal attention only")

@@ -26,7 +26,12 @@ from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...utils import HfAttnError, check_weights
 
 # Each design lists the formats that hold it (`AttentionDesign.export_formats`); these are the writers of each.
-WRITERS = {"llama": "to_llama()", "deepseek_v3": "to_deepseek_v3()", "mistral": "to_mistral()", "gguf": "export_gguf()"}
+WRITERS = {
+    "llama": "to_llama()",
+    "deepseek_v3": "to_deepseek_v3()",
+    "mistral": "to_mistral()",
+    "gguf": "export_gguf()",
+}
 FOLDER_FORMATS = ("llama", "deepseek_v3", "mistral")  # --format of `hf-attn-export` that writes a folder
 WINDOWED_FORMATS = ("mistral",)  # the formats whose attention has a sliding window (Mistral: Llama plus a window)
 NO_EXPORT = "attention_type={!r} has no transformers or llama.cpp equivalent: share it with its remote code"
