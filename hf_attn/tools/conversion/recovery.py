@@ -158,3 +158,29 @@ def recover_attention(source, converted: HfAttnForCausalLM, input_ids: torch.Ten
         "attention_errors_after": [a for _, a in errors],
         "seconds": time.perf_counter() - start,
     }
+
+
+def recover_folder(options, recovery: RecoveryOptions, corpus) -> dict:
+    """Recover the MLA folder `convert_folder` wrote for `options` in place; conversion.json gains the record."""
+    import json
+    import os
+
+    from ...loading import load_model
+    from .convert import MARKER, attention_errors, calibration_ids, load_source
+
+    source, tokenizer = load_source(options.source)
+    if tokenizer is None:
+        raise ValueError(f"{options.source} has no tokenizer to take recovery tokens with")
+    converted = load_model(options.output_dir, HfAttnForCausalLM, dtype=source.dtype)
+    block = min(options.calibration_block_size, source.config.max_position_embeddings)
+    input_ids = calibration_ids(tokenizer, corpus, recovery.recovery_tokens, block)
+    record = recover_attention(source, converted, input_ids, recovery)
+    converted.save_pretrained(options.output_dir)
+    path = os.path.join(options.output_dir, MARKER)
+    with open(path) as f:
+        conversion = json.load(f)
+    conversion["recovery"] = record
+    conversion["attention_errors"] = attention_errors(source, converted, input_ids[:2])
+    with open(path, "w") as f:
+        json.dump(conversion, f, indent=2)
+    return conversion
