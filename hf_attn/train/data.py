@@ -281,8 +281,7 @@ def _split_documents(texts: list[str], val_fraction: float, seed: int) -> tuple[
     return train, val
 
 
-def load_text_splits(spec: CorpusSpec) -> datasets.DatasetDict:
-    """Load the corpus of `spec` and split it: keys "train", "validation", column "text"."""
+def _check_spec(spec: CorpusSpec) -> None:
     if spec.split not in SPLIT_MODES:
         raise ValueError(f"split={spec.split!r}: must be one of {SPLIT_MODES}")
     if not 0 < spec.val_fraction < 1:
@@ -292,22 +291,44 @@ def load_text_splits(spec: CorpusSpec) -> datasets.DatasetDict:
     if spec.text_files and spec.dataset:
         raise ValueError("give either text_files or dataset, not both")
 
+
+def _load_dataset_texts(spec: CorpusSpec, source: str) -> tuple[list[str], list[str] | None]:
+    """The train texts of --dataset, and its own validation texts when split=auto finds one."""
+    loaded = _load_hub_or_disk(spec)
+    if not isinstance(loaded, datasets.DatasetDict):
+        return _texts(_text_column(loaded, spec.text_column, source)), None
+    if "train" not in loaded:
+        raise ValueError(f"{source}: no 'train' split (splits: {list(loaded)})")
+    val_name = next((n for n in VALIDATION_NAMES if n in loaded), None)
+    texts = _texts(_text_column(loaded["train"], spec.text_column, source))
+    if val_name is None or spec.split != "auto":
+        return texts, None
+    return texts, _texts(_text_column(loaded[val_name], spec.text_column, source))
+
+
+def _split(spec: CorpusSpec, source: str, texts: list[str]) -> tuple[list[str], list[str]]:
+    """Cap, then split one list of texts by `spec.split`."""
+    texts = _cap(texts, spec.max_chars)
+    if not any(texts):
+        raise ValueError(f"{source}: the corpus is empty (no text)")
+    mode = spec.split
+    if mode == "auto":
+        mode = "chars" if len(texts) == 1 else "documents"
+    if mode == "chars":
+        return _split_chars(texts, spec.val_fraction)
+    return _split_documents(texts, spec.val_fraction, spec.data_seed)
+
+
+def load_text_splits(spec: CorpusSpec) -> datasets.DatasetDict:
+    """Load the corpus of `spec` and split it: keys "train", "validation", column "text"."""
+    _check_spec(spec)
     own_val: list[str] | None = None
     if spec.text_files:
         source = f"--text-files {' '.join(spec.text_files)}"
         texts = _texts(_load_text_files(spec))
     elif spec.dataset:
         source = f"--dataset {spec.dataset}"
-        loaded = _load_hub_or_disk(spec)
-        if isinstance(loaded, datasets.DatasetDict):
-            if "train" not in loaded:
-                raise ValueError(f"{source}: no 'train' split (splits: {list(loaded)})")
-            val_name = next((n for n in VALIDATION_NAMES if n in loaded), None)
-            texts = _texts(_text_column(loaded["train"], spec.text_column, source))
-            if val_name is not None and spec.split == "auto":
-                own_val = _texts(_text_column(loaded[val_name], spec.text_column, source))
-        else:
-            texts = _texts(_text_column(loaded, spec.text_column, source))
+        texts, own_val = _load_dataset_texts(spec, source)
     else:
         source = "the default corpus"
         texts = default_corpus_documents()
@@ -317,16 +338,7 @@ def load_text_splits(spec: CorpusSpec) -> datasets.DatasetDict:
         max_train = None if spec.max_chars is None else max(1, spec.max_chars - max_val)
         train, val = _cap(texts, max_train), _cap(own_val, max_val)
     else:
-        texts = _cap(texts, spec.max_chars)
-        if not any(texts):
-            raise ValueError(f"{source}: the corpus is empty (no text)")
-        mode = spec.split
-        if mode == "auto":
-            mode = "chars" if len(texts) == 1 else "documents"
-        if mode == "chars":
-            train, val = _split_chars(texts, spec.val_fraction)
-        else:
-            train, val = _split_documents(texts, spec.val_fraction, spec.data_seed)
+        train, val = _split(spec, source, texts)
     for name, part in (("train", train), ("validation", val)):
         if not any(part):
             raise ValueError(f"{source}: the {name} split is empty")
@@ -339,11 +351,79 @@ def load_text_splits(spec: CorpusSpec) -> datasets.DatasetDict:
 # ---------------------------------------------------------------- tokenize and pack
 
 
+# Characters per tokenizer call. A fast tokenizer holds about 130 bytes per character while it
+# encodes (offsets, alignments, token strings): a 50 MB document in one call peaked at 6.7 GB. In
+# pieces of 256 Ki characters an encoding holds ~35 MB, and the ids (8 bytes per token) dominate.
+TOKENIZE_CHUNK_CHARS = 1 << 18
+
+
+def _cut(text: str, lo: int, hi: int) -> int:
+    """Where to end a piece of `text` between `lo` and `hi`: a pre-token boundary of byte-level BPE.
+
+    Under GPT-2's pre-tokenizer regex (this project's tokenizer), a line break between two non-space
+    characters is a token of its own, and a space between two non-space characters starts the next
+    word's token: cutting there gives the ids of the whole text. Without either in reach (a text with
+    no whitespace), the piece ends at `hi` and the ids can differ at that one cut.
+    """
+    for sep, after in (("\n", 1), (" ", 0)):
+        i = text.rfind(sep, lo, hi)
+        while i > lo:
+            if not text[i - 1].isspace() and i + 1 < len(text) and not text[i + 1].isspace():
+                return i + after
+            i = text.rfind(sep, lo, i)
+    return hi
+
+
+def text_pieces(text: str, size: int = TOKENIZE_CHUNK_CHARS) -> list[str]:
+    """`text` cut into pieces of at most `size` characters (at least half that, but for the last) by `_cut`."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        end = _cut(text, start + size // 2, start + size)
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
+def token_ids(tokenizer, texts: list[str], size: int = TOKENIZE_CHUNK_CHARS) -> list[np.ndarray]:
+    """The ids of each text (no special tokens), at most about `size` characters per tokenizer call.
+
+    Short texts are encoded together, a long one piece by piece (`text_pieces`); the ids are kept as
+    int64 arrays, not Python lists, which cost 36 bytes per token.
+    """
+
+    def encode(batch: list[str]) -> list[list[int]]:
+        # Whole documents are longer than the model's context by design: packing cuts them into blocks,
+        # so the tokenizer's "longer than model_max_length" warning does not apply here.
+        return tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+
+    out: list[np.ndarray | None] = [None] * len(texts)
+    group: list[int] = []
+
+    def flush() -> None:
+        if not group:
+            return
+        for j, ids in zip(group, encode([texts[j] for j in group])):
+            out[j] = np.asarray(ids, dtype=np.int64)
+        group.clear()
+
+    chars = 0
+    for i, text in enumerate(texts):
+        if len(text) > size:
+            out[i] = np.concatenate([np.asarray(encode([p])[0], dtype=np.int64) for p in text_pieces(text, size)])
+            continue
+        group.append(i)
+        chars += len(text)
+        if chars >= size:
+            flush()
+            chars = 0
+    flush()
+    return out
+
+
 def _tokenize_batch(batch: dict, tokenizer, eos_id: int) -> dict:
-    # Whole documents are longer than the model's context by design: packing cuts them into blocks,
-    # so the tokenizer's "longer than model_max_length" warning does not apply here.
-    ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
-    return {"input_ids": [x + [eos_id] for x in ids]}
+    eos = np.array([eos_id], dtype=np.int64)
+    return {"input_ids": [np.concatenate([ids, eos]) for ids in token_ids(tokenizer, batch["text"])]}
 
 
 def _split_stats(text: datasets.Dataset, tokenized: datasets.Dataset) -> dict:
