@@ -6,12 +6,12 @@ Everything here sits below `hf_attn.train` and `hf_attn.tools` and imports neith
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 _TRUE = ("1", "ON", "YES", "TRUE")
 
@@ -22,6 +22,33 @@ class HfAttnError(Exception):
     Command lines print its message as one line (`error: ...`) instead of a traceback, as they do
     for ValueError and OSError.
     """
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option field: max_steps -> --max-steps."""
+    return "--" + name.replace("_", "-")
+
+
+def check_options(options, rules: dict) -> None:
+    """Refuse option values that break their rule, naming the flag: `rules[field] = (test, what)`.
+
+    `what` completes "must be ..." ("at least 1", "0 or more (0: at the end)"). None values (unset
+    options with a derived default) are left alone; NaN fails every test.
+    """
+    for name, (test, what) in rules.items():
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not test(value)):
+            raise ValueError(f"{flag(name)} {value}: must be {what}")
+
+
+AT_LEAST_ONE = (lambda v: v >= 1, "at least 1")
+ABOVE_ZERO = (lambda v: v > 0, "above 0")
+NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
+
+
+def zero_means(meaning: str) -> tuple:
+    """The rule of a count whose 0 has a meaning of its own (`--eval-every 0`: at the end only)."""
+    return (lambda v: v >= 0, f"0 or more (0: {meaning})")
 
 
 # ---------------------------------------------------------------- JSON-lines records
@@ -38,12 +65,31 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(to_json(record) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
     with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+        f.writelines(to_json(r) + "\n" for r in records)
+
+
+def finite_or_none(value):
+    """`value` with every NaN or infinite float, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def to_json(value, **kwargs) -> str:
+    """`json.dumps` that writes valid JSON only: NaN and infinities become null (JSON has neither).
+
+    Outputs whose number must not be missing check it first (`evaluate_model`, the training loop).
+    """
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
 
 
 # ---------------------------------------------------------------- tables
@@ -166,13 +212,6 @@ def cache_tensors(cache) -> list:
 def cache_bytes(cache) -> int:
     """Bytes a transformers cache holds: keys and values, or linear-attention states, of every layer."""
     return sum(t.nbytes for t in cache_tensors(cache))
-
-
-def check_weights(name_or_path: str | os.PathLike) -> None:
-    """`check_safetensors` on every weights file of a local model folder (a Hub id is left to the download)."""
-    if os.path.isdir(name_or_path):
-        for path in sorted(Path(name_or_path).glob("*.safetensors")):
-            check_safetensors(path)
 
 
 def check_safetensors(path: str | os.PathLike) -> None:

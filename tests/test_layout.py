@@ -23,7 +23,7 @@ LONGEST_FUNCTION = 60
 # Layers, lowest first: a module may import its own layer and the ones below it. A package with
 # parts of its own has its own ranks, for imports between those parts.
 RANKS = {
-    "hf_attn": {"model": 0, "utils": 1, "train": 2, "tools": 3, "integrations": 3, "cli": 4},
+    "hf_attn": {"model": 0, "utils": 1, "loading": 1, "train": 2, "tools": 3, "integrations": 3, "cli": 4},
     "hf_attn.tools": {"export": 0, "comparison": 0, "hub": 0, "conversion": 1, "benchmarks": 1, "demo": 1},
 }
 

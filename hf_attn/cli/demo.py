@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..utils import check_options
 from .base import command, parse
 
 
@@ -20,6 +21,9 @@ class DemoOptions:
     host: str = field(default="127.0.0.1", metadata={"help": "address to serve on (default: this machine only)"})
     port: int = field(default=7860, metadata={"help": "port to serve on"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)"})
+
+    def __post_init__(self):
+        check_options(self, {"port": (lambda v: 1 <= v <= 65535, "between 1 and 65535")})
 
 
 @command

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..train.data import CorpusSpec
 from ..train.evaluation import evaluate_model
+from ..utils import AT_LEAST_ONE, check_options
 from .base import command, parse
 
 
@@ -37,6 +38,9 @@ class EvalOptions:
     )
     json: bool = field(default=False, metadata={"help": "print one JSON object"})
 
+    def __post_init__(self):
+        check_options(self, {"block_size": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "eval_batches": AT_LEAST_ONE})
+
 
 @command
 def main(argv=None) -> None:
@@ -48,7 +52,7 @@ def main(argv=None) -> None:
     m = evaluate_model(options.model_dir, corpus, options.block_size, options.batch_size, options.eval_batches,
                        rolling=options.rolling)  # fmt: skip
     if options.json:
-        print(json.dumps(m))
+        print(json.dumps(m, allow_nan=False))  # evaluate_model refuses a non-finite loss
         return
     unit = "window" if options.rolling else "block"
     print(f"validation loss  {m['val_loss']:.4f} nats/token ({m['eval_tokens']:,} tokens, {unit} {m['block_size']})")

@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     result = train(TrainArgs.from_parts(options, model, corpus))
     if result["sample"] is None:  # not the main process
         return
-    print(json.dumps({k: result[k] for k in SUMMARY_KEYS}, indent=2))
+    print(json.dumps({k: result[k] for k in SUMMARY_KEYS}, indent=2, allow_nan=False))  # a diverged run raised
     if push.push_to_hub:
         url = hub.push(result["model_dir"])
         print(f"Uploaded to {url}")

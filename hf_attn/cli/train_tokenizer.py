@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..train.data import CorpusSpec
 from ..train.tokenizer import train_tokenizer
+from ..utils import AT_LEAST_ONE, check_options
 from .base import command, parse
 
 
@@ -20,6 +21,9 @@ class TokenizerOptions:
     vocab_size: int = field(default=8192, metadata={"help": "tokens in the vocabulary, special tokens included"})
     min_frequency: int = field(default=2, metadata={"help": "merges need at least this many occurrences"})
     output_dir: str = field(default="tokenizer", metadata={"help": "where to save the tokenizer"})
+
+    def __post_init__(self):  # vocab_size is checked by build_bpe_tokenizer, which knows the alphabet's size
+        check_options(self, {"min_frequency": AT_LEAST_ONE})
 
 
 @command

@@ -16,9 +16,10 @@ from pathlib import Path
 from threading import Thread
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+from transformers import TextIteratorStreamer
 
-from ..utils import HfAttnError, check_weights
+from ..loading import load_model_and_tokenizer
+from ..utils import HfAttnError
 from .hub import format_bytes
 
 # Gradio sends usage statistics by default; the demo runs offline and sends nothing.
@@ -76,9 +77,7 @@ def load_models(specs: list[str], device: str | None = None) -> list[LoadedModel
         if looks_like_path and not (Path(spec).expanduser() / "config.json").is_file():
             raise DemoError(f"Model path {spec!r} is not a model folder (no config.json there).")
         try:
-            check_weights(spec)
-            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=True)
-            model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=True).to(device).eval()
+            model, tokenizer = load_model_and_tokenizer(spec, dtype="auto", device=device)
         except Exception as e:  # any loading failure ends startup, naming the model
             raise DemoError(f"Cannot load model {spec!r}: {type(e).__name__}: {e}") from e
         name = Path(spec).name if looks_like_path else spec

@@ -21,6 +21,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, get_toke
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from safetensors import safe_open
 
+from ..loading import check_model_folder, load_tokenizer, read_json_object
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..utils import HfAttnError, check_safetensors, is_offline, markdown_table, read_jsonl
 from .export.to_transformers import design_title
@@ -116,7 +117,7 @@ def validate_model_dir(model_dir: str | Path) -> dict:
     config_path = d / "config.json"
     if not config_path.is_file():
         raise HubError(f"{str(d)!r} has no config.json; save the model with save_pretrained first.")
-    config = json.loads(config_path.read_text())
+    config = read_json_object(str(config_path))
     pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     _check_weights(d, pickles)
     if pickles:
@@ -128,6 +129,11 @@ def validate_model_dir(model_dir: str | Path) -> dict:
     _check_remote_code(d, config)
     if not any((d / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise HubError(f"{str(d)!r} has no tokenizer (tokenizer.json / tokenizer_config.json); save it there.")
+    try:  # the weights cover the model, every value finite; the tokenizer loads and fits the embedding
+        check_model_folder(str(d))
+        load_tokenizer(str(d), vocab_size=config["vocab_size"])
+    except HfAttnError as e:
+        raise HubError(str(e)) from None
     return config
 
 

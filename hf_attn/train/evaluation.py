@@ -30,7 +30,6 @@ id itself. `tests/test_evaluation.py` checks the loops against token-by-token co
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -38,7 +37,8 @@ import re
 import torch
 import torch.nn.functional as F
 
-from ..utils import check_weights
+from ..loading import load_model_and_tokenizer, read_json_object
+from ..utils import HfAttnError
 from .data import bits_per_byte, bits_per_char
 
 
@@ -156,17 +156,15 @@ def evaluate_model(
     """
     import evaluate
     from torch.utils.data import DataLoader
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .data import build_lm_data, load_text_splits
     from .metrics import LM_PERPLEXITY_METRIC
 
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model directory {model_dir!r} does not exist")
-    check_weights(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, tokenizer = load_model_and_tokenizer(
+        model_dir, dtype=torch.float32, device=device or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     block_size = block_size or _trained_block_size(model_dir) or model.config.max_position_embeddings
     metric = evaluate.load(LM_PERPLEXITY_METRIC)
     if rolling:
@@ -186,6 +184,8 @@ def evaluate_model(
         size = {"chars": stats["chars"], "bytes": stats["bytes"], "text_tokens": stats["tokens"]}
         extra = {}
     result = metric.compute(**size)
+    if not math.isfinite(result["val_loss"]):
+        raise HfAttnError(f"{model_dir}: the validation loss is {result['val_loss']} (the logits are not finite)")
     return {
         **{k: result[k] for k in ("val_loss", "perplexity", "bits_per_char", "bits_per_byte")},
         **extra,
@@ -200,5 +200,4 @@ def _trained_block_size(model_dir: str) -> int | None:
     args_file = os.path.join(model_dir, "train_args.json")
     if not os.path.isfile(args_file):
         return None
-    with open(args_file) as f:
-        return json.load(f).get("block_size")
+    return read_json_object(args_file).get("block_size")

@@ -33,6 +33,14 @@ evaluation and checkpointing excluded, summed over resumed parts), step_time_s),
 `log_every` steps), train_args.json, run_info.json (world size, per-process first-batch hashes),
 report.md, loss.png and tensorboard/ (with tracker="tensorboard").
 
+Nothing is lost on the way. The final model, tokenizer, report and plot are written into
+tmp-final/ and moved up with config.json last, so the folder holds a complete model or none a
+loader would take. --overwrite trains in OUTPUT_DIR.overwrite-tmp and replaces the old run only
+once the new one is complete. --resume first compares the run's train_args.json (`RESUME_KEYS`) and
+the checkpoint's tensor shapes with this command's, and writes nothing if they differ. A checkpoint
+that cannot be written (a full disk) is removed and reported with the space it needs; the previous
+one stays. A run whose final validation loss is not finite saves no final model.
+
 Data order is a function of (seed, epoch): accelerate's seedable sampler draws each epoch's
 permutation from `seed + epoch` and shards it over processes, so a resumed run skips exactly the
 micro-batches it already consumed (`skip_first_batches`) and sees what an uninterrupted run sees.
@@ -57,13 +65,16 @@ from dataclasses import dataclass, field
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from ..loading import check_coverage, file_shapes, load_model, read_json_object
+from ..loading import load_tokenizer as load_saved_tokenizer
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
-from ..utils import append_jsonl, check_output_dir, check_weights, read_jsonl, write_jsonl
+from ..utils import HfAttnError, append_jsonl, check_output_dir, flag, read_jsonl, write_jsonl
 from .data import load_text_splits, pack_splits
 from .evaluation import evaluate_loss, lm_metrics
 from .options import TrainArgs, build_config
@@ -71,6 +82,21 @@ from .report import plot_losses, write_report
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 RUN_MARKER = "train_args.json"  # a folder holding it is an hf_attn run
+FINAL_TMP = "tmp-final"  # the final model, tokenizer and report are written here, then moved up
+OVERWRITE_SUFFIX = ".overwrite-tmp"  # an --overwrite run trains beside the run it replaces
+# Options a resumed run must share with the run it continues: they fix the model, the data and its order.
+RESUME_KEYS = (
+    "model",
+    "corpus",
+    "tokenizer",
+    "train_tokenizer_vocab",
+    "block_size",
+    "batch_size",
+    "grad_accum",
+    "seed",
+)
+# How a write that ran out of disk (or failed otherwise) shows up in safetensors' and torch's errors.
+WRITE_FAILURES = ("No space left", "os error", "I/O error", "inline_container", "PytorchStreamWriter", "write failed")
 
 
 def _new_interval() -> dict:
@@ -119,13 +145,15 @@ class Run:
     eval_batches: int
     start: float
     resume_from: str | None
+    run_dir: str  # the output dir, or beside it while an --overwrite run is not finished (`plan_run_dir`)
+    last_val_loss: float | None = None  # of the newest evaluation, on every process
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
     def path(self, name: str) -> str:
-        return os.path.join(self.args.output_dir, name)
+        return os.path.join(self.run_dir, name)
 
 
 # ---------------------------------------------------------------- setup
@@ -140,7 +168,7 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return os.path.join(root, f"checkpoint-{max(steps)}") if steps else None
 
 
-def make_accelerator(args: TrainArgs) -> Accelerator:
+def make_accelerator(args: TrainArgs, run_dir: str) -> Accelerator:
     return Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(
@@ -150,59 +178,104 @@ def make_accelerator(args: TrainArgs) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
         log_with=None if args.tracker == "none" else args.tracker,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "tensorboard")
-        ),
+        project_config=ProjectConfiguration(project_dir=run_dir, logging_dir=os.path.join(run_dir, "tensorboard")),
     )
 
 
-def prepare_run_dir(args: TrainArgs, accelerator: Accelerator) -> str | None:
-    """Check and prepare the output dir (see `utils.check_output_dir`); return the checkpoint to resume from."""
-    resume_from = None
-    if args.resume:
-        resume_from = latest_checkpoint(args.output_dir)
-        if resume_from is None:
-            raise FileNotFoundError(
-                f"--resume: {args.output_dir!r} holds no checkpoint (checkpoints/checkpoint-STEP) to resume from; "
-                "run without --resume to start a new run"
-            )
-    clear = check_output_dir(args.output_dir, RUN_MARKER, overwrite=args.overwrite, keep=args.resume)
-    accelerator.wait_for_everyone()  # every process has checked before the main one deletes anything
-    if accelerator.is_main_process:
-        if clear:
-            shutil.rmtree(args.output_dir)
-        os.makedirs(args.output_dir, exist_ok=True)
-        ckpt_root = os.path.join(args.output_dir, "checkpoints")
-        for name in os.listdir(ckpt_root) if os.path.isdir(ckpt_root) else []:
-            if name.startswith("tmp-"):  # saves cut short by a kill
-                shutil.rmtree(os.path.join(ckpt_root, name))
-        with open(os.path.join(args.output_dir, RUN_MARKER), "w") as f:  # marks the folder as a run at once
-            json.dump(args.record(), f, indent=2, default=str)
-    accelerator.wait_for_everyone()
+def plan_run_dir(args: TrainArgs) -> str:
+    """Where the run writes: the output dir, or `OUTPUT_DIR.overwrite-tmp` beside it when --overwrite
+    replaces a run there (the old run is replaced only once the new one is complete). Writes nothing."""
+    if check_output_dir(args.output_dir, RUN_MARKER, overwrite=args.overwrite, keep=args.resume):
+        return os.path.normpath(args.output_dir) + OVERWRITE_SUFFIX
+    return args.output_dir
+
+
+def check_resume(args: TrainArgs) -> None:
+    """Refuse --resume with options that change the model, the data or its order (`RESUME_KEYS`)."""
+    path = os.path.join(args.output_dir, RUN_MARKER)
+    if not os.path.isfile(path):
+        raise HfAttnError(f"--resume: {path} is missing, so the run's options cannot be compared; nothing was changed")
+    saved = read_json_object(path)
+    given = json.loads(json.dumps(args.record(), default=str))
+    differences = []
+    for key in RESUME_KEYS:
+        old, new = saved.get(key), given.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):  # model and corpus: flags of their own
+            differences += [
+                (k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+            ]
+        elif old != new:
+            differences.append((key, old, new))
+    if differences:
+        name, old, new = differences[0]
+        more = f" (and {len(differences) - 1} more options)" if len(differences) > 1 else ""
+        old, new = ("unset" if v is None else repr(v) for v in (old, new))
+        raise HfAttnError(
+            f"--resume: the run in {args.output_dir} has {flag(name)} {old}, this command gives {new}{more}; "
+            f"resume with the run's own options ({path}) or give another --output-dir; nothing was changed"
+        )
+
+
+def resume_checkpoint(args: TrainArgs) -> str | None:
+    """With --resume, the newest checkpoint of the output dir, once `check_resume` passed; writes nothing."""
+    if not args.resume:
+        return None
+    resume_from = latest_checkpoint(args.output_dir)
+    if resume_from is None:
+        raise FileNotFoundError(
+            f"--resume: {args.output_dir!r} holds no checkpoint (checkpoints/checkpoint-STEP) to resume from; "
+            "run without --resume to start a new run"
+        )
+    check_resume(args)
     return resume_from
 
 
-def load_tokenizer(args: TrainArgs, train_texts, accelerator: Accelerator):
-    """The --init-from model's tokenizer, the one at `args.tokenizer`, or a fresh BPE trained on the
-    train split (kept on resume)."""
+def create_run_dir(args: TrainArgs, run_dir: str, accelerator: Accelerator) -> None:
+    """Create the folder a new run writes into (see `plan_run_dir`) and mark it as a run.
+
+    A resume writes nothing here: `start_or_resume` records its options once the checkpoint has loaded.
+    """
+    accelerator.wait_for_everyone()  # every process has checked before the main one writes anything
+    if accelerator.is_main_process and not args.resume:
+        if run_dir != args.output_dir and os.path.isdir(run_dir):  # left by an --overwrite run that was killed
+            if check_output_dir(run_dir, RUN_MARKER, overwrite=True):
+                shutil.rmtree(run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, RUN_MARKER), "w") as f:  # marks the folder as a run at once
+            json.dump(args.record(), f, indent=2, default=str)
+    accelerator.wait_for_everyone()
+
+
+def remove_partial_saves(run_dir: str) -> None:
+    """Folders of saves cut short by a kill: tmp-checkpoint-STEP and the staged final model."""
+    ckpt_root = os.path.join(run_dir, "checkpoints")
+    partial = [os.path.join(ckpt_root, n) for n in os.listdir(ckpt_root)] if os.path.isdir(ckpt_root) else []
+    for path in [os.path.join(run_dir, FINAL_TMP), *partial]:
+        if os.path.basename(path).startswith("tmp-") and os.path.isdir(path):
+            shutil.rmtree(path)
+
+
+def saved_tokenizer(args: TrainArgs):
+    """The --init-from model's tokenizer, or the one at `args.tokenizer` (checked by `loading.load_tokenizer`)."""
     if args.model.init_from is not None:
-        if args.train_tokenizer_vocab is not None:
-            raise ValueError("--train-tokenizer-vocab contradicts --init-from: the model comes with its tokenizer")
-        return AutoTokenizer.from_pretrained(args.model.init_from)
-    if args.train_tokenizer_vocab is None:
-        if not os.path.isdir(args.tokenizer):
-            raise FileNotFoundError(
-                f"tokenizer path {args.tokenizer!r} does not exist; give --tokenizer DIR or --train-tokenizer-vocab N"
-            )
-        return AutoTokenizer.from_pretrained(args.tokenizer)
-    saved = os.path.join(args.output_dir, "tokenizer.json")
+        return load_saved_tokenizer(args.model.init_from)
+    if not os.path.isdir(args.tokenizer):
+        raise FileNotFoundError(
+            f"tokenizer path {args.tokenizer!r} does not exist; give --tokenizer DIR or --train-tokenizer-vocab N"
+        )
+    return load_saved_tokenizer(args.tokenizer)
+
+
+def trained_tokenizer(args: TrainArgs, run_dir: str, train_texts, accelerator: Accelerator):
+    """A fresh BPE trained on the train split and saved in the run folder (kept on resume)."""
+    saved = os.path.join(run_dir, "tokenizer.json")
     with accelerator.main_process_first():
         if os.path.isfile(saved) and (args.resume or not accelerator.is_main_process):
-            return AutoTokenizer.from_pretrained(args.output_dir)
+            return load_saved_tokenizer(run_dir)
         from .tokenizer import build_bpe_tokenizer
 
         tokenizer = build_bpe_tokenizer(train_texts, vocab_size=args.train_tokenizer_vocab, show_progress=False)
-        tokenizer.save_pretrained(args.output_dir)
+        tokenizer.save_pretrained(run_dir)
         return tokenizer
 
 
@@ -219,8 +292,7 @@ def initial_model(args: TrainArgs, config: HfAttnConfig) -> HfAttnForCausalLM:
     """A freshly initialised model, or the --init-from model's weights (in float32, for training)."""
     if args.model.init_from is None:
         return HfAttnForCausalLM(config)
-    check_weights(args.model.init_from)
-    return HfAttnForCausalLM.from_pretrained(args.model.init_from, config=config, dtype=torch.float32)
+    return load_model(args.model.init_from, HfAttnForCausalLM, config=config, dtype=torch.float32)
 
 
 def total_steps(args: TrainArgs, tokens_per_step: int) -> int:
@@ -231,18 +303,35 @@ def total_steps(args: TrainArgs, tokens_per_step: int) -> int:
     return by_tokens if args.max_steps is None else min(args.max_steps, by_tokens)
 
 
-def setup(args: TrainArgs) -> Run:
-    """Everything before the first step: output dir, data, tokenizer, model, optimizer, schedule."""
-    start = time.perf_counter()
-    accelerator = make_accelerator(args)
-    resume_from = prepare_run_dir(args, accelerator)
-    splits = load_text_splits(args.corpus)
-    tokenizer = load_tokenizer(args, splits["train"]["text"], accelerator)
+def build_model(args: TrainArgs, tokenizer, splits) -> tuple[HfAttnConfig, object, HfAttnForCausalLM]:
+    """The model config, the packed data and the initial model (seeded) of a run."""
     config = build_config(args.model, tokenizer, args.block_size)
     data = pack_splits(splits, tokenizer, args.block_size)
-
     set_seed(args.seed)
-    model = initial_model(args, config)
+    return config, data, initial_model(args, config)
+
+
+def setup(args: TrainArgs) -> Run:
+    """Everything before the first step: output dir, data, tokenizer, model, optimizer, schedule.
+
+    A saved tokenizer, the data and an --init-from model are checked before the output dir is
+    touched; a tokenizer trained for the run needs the folder to be saved in.
+    """
+    start = time.perf_counter()
+    if args.model.init_from is not None and args.train_tokenizer_vocab is not None:
+        raise ValueError("--train-tokenizer-vocab contradicts --init-from: the model comes with its tokenizer")
+    run_dir = plan_run_dir(args)
+    accelerator = make_accelerator(args, run_dir)
+    resume_from = resume_checkpoint(args)
+    splits = load_text_splits(args.corpus)
+    if args.train_tokenizer_vocab is None:
+        tokenizer = saved_tokenizer(args)
+        config, data, model = build_model(args, tokenizer, splits)
+        create_run_dir(args, run_dir, accelerator)
+    else:
+        create_run_dir(args, run_dir, accelerator)
+        tokenizer = trained_tokenizer(args, run_dir, splits["train"]["text"], accelerator)
+        config, data, model = build_model(args, tokenizer, splits)
     optimizer = make_optimizer(model, args)
     tokens_per_step = args.batch_size * args.grad_accum * accelerator.num_processes * args.block_size
     max_steps = total_steps(args, tokens_per_step)
@@ -258,25 +347,24 @@ def setup(args: TrainArgs) -> Run:
         raise ValueError(
             f"the train split has {len(data.train)} blocks: fewer than one batch of {args.batch_size} per process"
         )
-    eval_batches = args.eval_batches
-    if eval_batches is None:
-        eval_batches = min(len(val_loader), 100)
+    eval_batches = args.eval_batches if args.eval_batches is not None else min(len(val_loader), 100)
     return Run(
-        args,
-        accelerator,
-        tokenizer,
-        config,
-        model,
-        optimizer,
-        scheduler,
-        train_loader,
-        val_loader,
-        data.stats["validation"],
-        max_steps,
-        tokens_per_step,
-        eval_batches,
-        start,
-        resume_from,
+        args=args,
+        accelerator=accelerator,
+        tokenizer=tokenizer,
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        val_stats=data.stats["validation"],
+        max_steps=max_steps,
+        tokens_per_step=tokens_per_step,
+        eval_batches=eval_batches,
+        start=start,
+        resume_from=resume_from,
+        run_dir=run_dir,
     )
 
 
@@ -285,9 +373,21 @@ def start_or_resume(run: Run) -> RunState:
     records = (run.path("metrics.jsonl"), run.path("train_log.jsonl"))
     state = RunState()
     if run.resume_from is not None:
+        weights = os.path.join(run.resume_from, "model.safetensors")
+        if os.path.isfile(weights):  # a sharded (FSDP) checkpoint is checked by accelerate itself
+            check_coverage(
+                run.resume_from,
+                run.accelerator.unwrap_model(run.model),
+                file_shapes([weights]),
+                against="the model these options build",
+                hint="the checkpoint was written by another model configuration; nothing was changed",
+            )
         run.accelerator.load_state(run.resume_from)
         state = RunState.load(run.resume_from)
-        if run.is_main:
+        if run.is_main:  # the first writes of a resume, once the checkpoint has loaded
+            remove_partial_saves(run.run_dir)
+            with open(run.path(RUN_MARKER), "w") as f:
+                json.dump(run.args.record(), f, indent=2, default=str)
             for path in records:
                 write_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= state.step])
             print(f"resuming from {run.resume_from} (step {state.step})", file=sys.stderr)
@@ -399,6 +499,7 @@ def evaluate_interval(run: Run, state: RunState, progress: tqdm) -> None:
     """metrics.jsonl: validation metrics now, with the train loss and step time since the last evaluation."""
     mean_loss, _ = evaluate_loss(run.model, run.val_loader, run.accelerator, max_batches=run.eval_batches)
     metrics = lm_metrics(mean_loss, run.val_stats)
+    run.last_val_loss = metrics["val_loss"]
     interval = state.intervals["eval"]
     n = len(interval["losses"])  # 0 for --eval-on-start
     record = {
@@ -425,18 +526,32 @@ def evaluate_interval(run: Run, state: RunState, progress: tqdm) -> None:
 
 
 def save_checkpoint(run: Run, state: RunState) -> None:
-    """`save_state` into checkpoints/tmp-checkpoint-STEP, then rename: a kill mid-save leaves the last one."""
+    """`save_state` into checkpoints/tmp-checkpoint-STEP, then rename: a kill mid-save leaves the last one.
+
+    A save that fails (a full disk) removes its temporary folder and ends the run with the space it
+    needed; the previous checkpoint is untouched.
+    """
     accelerator = run.accelerator
     root = run.path("checkpoints")
     tmp = os.path.join(root, f"tmp-checkpoint-{state.step}")
     final = os.path.join(root, f"checkpoint-{state.step}")
+    previous = latest_checkpoint(run.run_dir)
     if run.is_main and os.path.isdir(tmp):
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)  # every process writes its RNG state; the main one the rest
+    try:
+        accelerator.save_state(tmp)  # every process writes its RNG state; the main one the rest
+        if run.is_main:
+            state.save(tmp)
+    except (OSError, RuntimeError, SafetensorError) as error:
+        if not _is_write_failure(error):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = _folder_bytes(previous) if previous else 3 * _parameter_bytes(run)  # weights + AdamW's 2 moments
+        kept = f"the last complete checkpoint, {previous}, is kept" if previous else "no checkpoint was complete"
+        raise save_failure(f"checkpoint at step {state.step}", tmp, error, needed, kept) from None
     accelerator.wait_for_everyone()
     if run.is_main:
-        state.save(tmp)
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -444,6 +559,28 @@ def save_checkpoint(run: Run, state: RunState) -> None:
         for old in steps[: max(0, len(steps) - run.args.keep_checkpoints)]:
             shutil.rmtree(os.path.join(root, f"checkpoint-{old}"))
     accelerator.wait_for_everyone()
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    return isinstance(error, OSError) or any(mark in str(error) for mark in WRITE_FAILURES)
+
+
+def save_failure(what: str, tmp: str, error: BaseException, needed: int, kept: str) -> HfAttnError:
+    """One line for a save that could not be written: the folder, the reason and the space it needs."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).strip().splitlines()[0]
+    free = shutil.disk_usage(os.path.dirname(tmp) or ".").free
+    return HfAttnError(
+        f"{what}: writing {tmp} failed ({reason}); the partial folder was removed and {kept}. "
+        f"It needs about {needed / 2**20:,.1f} MiB; {free / 2**20:,.1f} MiB are free there"
+    )
+
+
+def _folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+
+
+def _parameter_bytes(run: Run) -> int:
+    return sum(p.numel() * p.element_size() for p in run.accelerator.unwrap_model(run.model).parameters())
 
 
 # ---------------------------------------------------------------- the loop
@@ -481,24 +618,88 @@ def _every(step: int, interval: int) -> bool:
 
 
 def finish(run: Run, state: RunState) -> dict:
-    """Save the final model and tokenizer, generate the sample, write report.md and loss.png."""
+    """Save the final model and tokenizer, generate the sample, write report.md and loss.png.
+
+    They are written into `tmp-final` and moved up with config.json last (`publish`), so the folder
+    holds a complete model or none that `from_pretrained` would load; an --overwrite run then takes
+    the place of the run it replaces (`replace_run`). A diverged run (a non-finite validation loss)
+    saves no final model.
+    """
     accelerator = run.accelerator
+    if run.last_val_loss is None or not math.isfinite(run.last_val_loss):
+        last = latest_checkpoint(run.run_dir)
+        raise HfAttnError(
+            f"training diverged: the validation loss at step {state.step} is {run.last_val_loss} "
+            f"({run.path('metrics.jsonl')}); no final model was saved"
+            + (f"; the last checkpoint is {last}" if last else "")
+        )
     unwrapped = accelerator.unwrap_model(run.model)
     state_dict = accelerator.get_state_dict(run.model)  # a collective under FSDP/DeepSpeed: every process joins
     summary = summarize(run, state, unwrapped)
+    staged = run.path(FINAL_TMP)
     if run.is_main:
-        unwrapped.save_pretrained(run.args.output_dir, state_dict=state_dict, safe_serialization=True)
-        run.tokenizer.model_max_length = run.config.max_position_embeddings
-        run.tokenizer.save_pretrained(run.args.output_dir)
-        summary["sample"] = generate_sample(unwrapped, run.tokenizer, run.args.sample_prompt, run.args.sample_tokens)
-        plot_losses(run.path("loss.png"), summary["history"], read_jsonl(run.path("train_log.jsonl")))
+        if os.path.isdir(staged):
+            shutil.rmtree(staged)
+        try:
+            unwrapped.save_pretrained(staged, state_dict=state_dict, safe_serialization=True)
+            run.tokenizer.model_max_length = run.config.max_position_embeddings
+            run.tokenizer.save_pretrained(staged)
+            summary["sample"] = generate_sample(
+                unwrapped, run.tokenizer, run.args.sample_prompt, run.args.sample_tokens
+            )
+            plot_losses(os.path.join(staged, "loss.png"), summary["history"], read_jsonl(run.path("train_log.jsonl")))
+        except (OSError, RuntimeError, SafetensorError) as error:
+            _final_save_failed(run, staged, error)
     summary["peak_memory_bytes"] = peak_memory_bytes()
     summary["wall_s"] = time.perf_counter() - run.start
     if run.is_main:
-        write_report(run.path("report.md"), summary, run.config.to_dict(), run.args.record(), summary["sample"])
+        try:
+            write_report(
+                os.path.join(staged, "report.md"), summary, run.config.to_dict(), run.args.record(), summary["sample"]
+            )
+            publish(staged, run.run_dir)
+        except OSError as error:
+            _final_save_failed(run, staged, error)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # also tears down the process group
+    if run.is_main and run.run_dir != run.args.output_dir:
+        replace_run(run.run_dir, run.args.output_dir)
     return summary
+
+
+def _final_save_failed(run: Run, staged: str, error: BaseException) -> None:
+    if not _is_write_failure(error):
+        raise error
+    shutil.rmtree(staged, ignore_errors=True)
+    last = latest_checkpoint(run.run_dir)
+    kept = f"the last checkpoint, {last}, is kept" if last else "no final model was saved"
+    raise save_failure("the final model", staged, error, _parameter_bytes(run), kept) from None
+
+
+def publish(staged: str, folder: str) -> None:
+    """Move the files of `staged` into `folder`, config.json last, and remove `staged`.
+
+    Every move is an atomic rename on one disk. An older config.json goes first, so that until the
+    new one lands no loader takes the folder for a model whose weights or tokenizer are still missing.
+    """
+    old_config = os.path.join(folder, "config.json")
+    if os.path.isfile(old_config):
+        os.remove(old_config)
+    for name in sorted(os.listdir(staged), key=lambda n: n == "config.json"):
+        os.replace(os.path.join(staged, name), os.path.join(folder, name))
+    os.rmdir(staged)
+
+
+def replace_run(new: str, output_dir: str) -> None:
+    """Put the finished run `new` in the place of `output_dir` (the run an --overwrite replaces)."""
+    aside = os.path.normpath(output_dir) + ".replaced-tmp"
+    if os.path.isdir(aside):
+        shutil.rmtree(aside)
+    if os.path.isdir(output_dir):
+        os.replace(output_dir, aside)
+    os.replace(new, output_dir)
+    if os.path.isdir(aside):
+        shutil.rmtree(aside)
 
 
 def summarize(run: Run, state: RunState, model) -> dict:

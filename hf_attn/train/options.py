@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..loading import read_config, read_json_object
 from ..model.configuration_hf_attn import ATTENTION_TYPES, PRESETS, HfAttnConfig
+from ..utils import ABOVE_ZERO, AT_LEAST_ONE, NOT_NEGATIVE, check_options, zero_means
 from .data import CorpusSpec
 
 DEFAULT_PRESET = "small"
@@ -78,7 +80,7 @@ class TrainOptions:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "the cosine schedule decays to lr * this"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps; 0: none"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices"})
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
@@ -104,11 +106,38 @@ class TrainOptions:
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
     tracker: Literal["tensorboard", "none"] = field(default="tensorboard", metadata={"help": "experiment tracker"})
     sample_prompt: str = field(default="The ", metadata={"help": "prompt of the greedy sample in report.md"})
-    sample_tokens: int = field(default=64, metadata={"help": "new tokens of that sample"})
+    sample_tokens: int = field(default=64, metadata={"help": "new tokens of that sample; 0: the prompt alone"})
     seed: int = field(default=0, metadata={"help": "seed of the initialisation and the data order"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --output-dir"})
     overwrite: bool = field(default=False, metadata={"help": "replace a previous run in --output-dir"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        check_options(self, TRAIN_OPTION_RULES)
+
+
+# What each number may be; 0 is accepted only where the help says what it means.
+TRAIN_OPTION_RULES = {
+    "train_tokenizer_vocab": AT_LEAST_ONE,
+    "block_size": AT_LEAST_ONE,
+    "batch_size": AT_LEAST_ONE,
+    "grad_accum": AT_LEAST_ONE,
+    "lr": ABOVE_ZERO,
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "warmup_steps": zero_means("none"),
+    "weight_decay": NOT_NEGATIVE,
+    "beta2": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "max_grad_norm": ABOVE_ZERO,
+    "max_steps": AT_LEAST_ONE,
+    "max_tokens": AT_LEAST_ONE,
+    "max_time": ABOVE_ZERO,
+    "eval_every": zero_means("at the end"),
+    "eval_batches": AT_LEAST_ONE,
+    "log_every": zero_means("at the end"),
+    "save_every": zero_means("never"),
+    "keep_checkpoints": AT_LEAST_ONE,
+    "sample_tokens": zero_means("the prompt alone"),
+}
 
 
 @dataclass
@@ -167,9 +196,11 @@ def build_config(options: ModelOptions, tokenizer, block_size: int) -> HfAttnCon
     elif options.config is not None:
         if not os.path.isfile(options.config):
             raise FileNotFoundError(f"--config {options.config!r}: no such file")
-        with open(options.config) as f:
-            base = {k: v for k, v in json.load(f).items() if k not in _CONFIG_FILE_KEYS}
-        config = HfAttnConfig(**{**base, **overrides, **_special_tokens(tokenizer)})
+        base = {k: v for k, v in read_json_object(options.config).items() if k not in _CONFIG_FILE_KEYS}
+        try:
+            config = HfAttnConfig(**{**base, **overrides, **_special_tokens(tokenizer)})
+        except TypeError as e:  # a value of the wrong type; HfAttnConfig's ValueErrors name the field already
+            raise ValueError(f"--config {options.config}: {e}") from None
     else:
         overrides.setdefault("vocab_size", len(tokenizer))
         preset = options.preset or DEFAULT_PRESET
@@ -194,11 +225,8 @@ def init_from_config(options: ModelOptions, overrides: dict) -> HfAttnConfig:
             raise ValueError(
                 f"{flag} {value!r} contradicts --init-from: the model's shape comes from {options.init_from!r}"
             )
+    read_config(options.init_from)  # a JSON object with model_type hf_attn and every shape field
     config = HfAttnConfig.from_pretrained(options.init_from)
-    if config.model_type != HfAttnConfig.model_type:
-        raise ValueError(
-            f"--init-from {options.init_from!r}: model_type {config.model_type!r} is not an hf_attn model"
-        )
     for key, value in overrides.items():
         flag = "--attention-type" if key == "attention_type" else f"--config-overrides {key}={value}"
         if key not in INIT_FROM_MUTABLE and getattr(config, key) != value:

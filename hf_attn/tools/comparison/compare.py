@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...loading import load_model
 from ...model.attention_utils import register_attention_design
 from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
 from ...train.options import DEFAULT_PRESET, ModelOptions, TrainArgs, format_overrides, parse_overrides
-from ...utils import cache_bytes, environment, prepare_output_dir
+from ...utils import AT_LEAST_ONE, cache_bytes, check_options, environment, prepare_output_dir, zero_means
 from .report import comparison_table, write_comparison_report
 from .stats import frontier_of, summarize
 from .sweep import sweep_variants
@@ -185,6 +186,9 @@ class CompareOptions:
             "example one seed per machine) into --output-dir: results.json, report and plots over all their runs"
         },
     )
+
+    def __post_init__(self):
+        check_options(self, {"decode_context": zero_means("skipped"), "decode_steps": AT_LEAST_ONE})
 
 
 @dataclass
@@ -345,7 +349,7 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, see
     )
     result = train(train_args)
     measure_start = time.perf_counter()
-    model = HfAttnForCausalLM.from_pretrained(result["model_dir"]).eval()
+    model = load_model(result["model_dir"], HfAttnForCausalLM, dtype="auto")
     block = args.train.block_size
     cache = measure_kv_cache(model, prompt_len=block - 7, new_tokens=8)  # the cache holds `block` tokens
     decode = decode_tokens_per_s(model, args.decode_context, args.decode_steps) if args.decode_context else None

@@ -46,17 +46,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from ...loading import load_model, load_tokenizer, read_config, tokenizer_files
 from ...model.attention import KeyValueHeadsDesign
 from ...model.attention_mla import MLADesign
 from ...model.configuration_hf_attn import HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...train.data import CorpusSpec, load_text_splits
-from ...utils import HfAttnError, check_weights, prepare_output_dir
+from ...utils import AT_LEAST_ONE, HfAttnError, check_options, prepare_output_dir, zero_means
 from ..export.to_transformers import design_title
 
 LATENT_NORMS = ("fit", "bypass")
+# The counts no source bounds; check_request checks the ranks against the source.
+CONVERT_OPTION_RULES = {"calibration_tokens": zero_means("weights only"), "calibration_block_size": AT_LEAST_ONE}
 MARKER = "conversion.json"
 # Fields the MLA model takes unchanged from the source's config: the trunk and the token ids.
 TRUNK_FIELDS = (
@@ -107,27 +110,24 @@ class ConvertOptions:
     )
     overwrite: bool = field(default=False, metadata={"help": "replace a previous conversion in --output-dir"})
 
+    def __post_init__(self):
+        check_options(self, CONVERT_OPTION_RULES)
+
 
 # ---------------------------------------------------------------- sources
 
 
 def load_source(name_or_path: str) -> tuple[HfAttnForCausalLM, object | None]:
     """An hf_attn MHA/GQA/MQA model, or a LlamaForCausalLM turned into one (float32), and its tokenizer if any."""
-    model_type = AutoConfig.from_pretrained(name_or_path).model_type
-    check_weights(name_or_path)
+    # convert_to_mla takes hf_attn MHA/GQA/MQA models and LlamaForCausalLM checkpoints
+    model_type = read_config(name_or_path, accept=(HfAttnConfig.model_type, "llama"))["model_type"]
     if model_type == HfAttnConfig.model_type:
-        model = HfAttnForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
-    elif model_type == "llama":
-        model = from_llama(LlamaForCausalLM.from_pretrained(name_or_path, dtype=torch.float32))
+        model = load_model(name_or_path, HfAttnForCausalLM)
     else:
-        raise HfAttnError(
-            f"{name_or_path}: model_type {model_type!r} is not supported; convert_to_mla takes hf_attn "
-            "MHA/GQA/MQA models and LlamaForCausalLM checkpoints"
-        )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError):
-        tokenizer = None
+        model = from_llama(load_model(name_or_path, LlamaForCausalLM, accept=("llama",)))
+    tokenizer = None
+    if not os.path.isdir(name_or_path) or tokenizer_files(name_or_path):  # a checkpoint may come without one
+        tokenizer = load_tokenizer(name_or_path, vocab_size=model.config.vocab_size)
     return model.eval(), tokenizer
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer
 
+from ...loading import load_model, load_tokenizer
 from ...model.configuration_hf_attn import HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...train.data import CorpusSpec, build_lm_data
@@ -108,7 +108,7 @@ def comparison_setting(options: ExperimentOptions) -> CompareArgs:
 
 def make_setting(options: ExperimentOptions) -> Setting:
     compare = comparison_setting(options)
-    tokenizer = AutoTokenizer.from_pretrained(compare.train.tokenizer)
+    tokenizer = load_tokenizer(compare.train.tokenizer)
     data = build_lm_data(compare.train.corpus, tokenizer, compare.train.block_size)
     loader = DataLoader(data.validation, batch_size=compare.train.batch_size, shuffle=False)
     tokens = QUICK["calibration_tokens"] if options.quick else options.calibration_tokens
@@ -196,7 +196,7 @@ def mla_shape(config) -> dict:
 
 def convert_one(setting: Setting, name: str, source_dir: str, fraction: float, source_tokens: int) -> dict:
     """Convert at one cache size, measure zero-shot (fit and bypass), fine-tune at each fraction."""
-    source = HfAttnForCausalLM.from_pretrained(source_dir, dtype=torch.float32).eval()
+    source = load_model(source_dir, HfAttnForCausalLM)
     mha_per_layer = 2 * source.config.num_attention_heads * source.config.head_dim
     rope_dim = QUICK["rope_dim"] if setting.options.quick else setting.options.rope_dim
     rank = round(fraction * mha_per_layer) - rope_dim
@@ -225,7 +225,7 @@ def convert_one(setting: Setting, name: str, source_dir: str, fraction: float, s
     )
     converted_dir = os.path.join(setting.options.output_dir, "converted", name)
     model.save_pretrained(converted_dir)
-    AutoTokenizer.from_pretrained(source_dir).save_pretrained(converted_dir)
+    load_tokenizer(source_dir).save_pretrained(converted_dir)
     record["shape"] = mla_shape(model.config)
     for share in setting.options.finetune_fractions:
         print(f"fine-tuning {name} on {share:.0%}", file=sys.stderr, flush=True)
@@ -297,7 +297,7 @@ def run_experiment(options: ExperimentOptions) -> dict:
     sources, conversions = [], []
     for name in options.sources:
         source_dir = source_model(setting, name)
-        source = HfAttnForCausalLM.from_pretrained(source_dir, dtype=torch.float32).eval()
+        source = load_model(source_dir, HfAttnForCausalLM)
         sources.append(
             {
                 "source": name,

@@ -11,8 +11,6 @@ import os
 
 import torch
 from transformers import (
-    AutoConfig,
-    AutoTokenizer,
     DeepseekV3Config,
     DeepseekV3ForCausalLM,
     LlamaConfig,
@@ -21,9 +19,10 @@ from transformers import (
     MistralForCausalLM,
 )
 
+from ...loading import load_model_and_tokenizer
 from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
-from ...utils import HfAttnError, check_weights
+from ...utils import HfAttnError
 
 # Each design lists the formats that hold it (`AttentionDesign.export_formats`); these are the writers of each.
 WRITERS = {
@@ -169,12 +168,7 @@ def load_for_export(model_dir: str) -> tuple[HfAttnForCausalLM, object]:
     """A saved hf_attn model folder's model (float32, eval) and tokenizer; other checkpoints are refused."""
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(2, "no such model folder", model_dir)
-    model_type = AutoConfig.from_pretrained(model_dir).model_type
-    if model_type != HfAttnConfig.model_type:
-        raise HfAttnError(f"{model_dir}: model_type {model_type!r} is not an hf_attn checkpoint")
-    check_weights(model_dir)
-    model = HfAttnForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return load_model_and_tokenizer(model_dir, HfAttnForCausalLM, dtype=torch.float32)
 
 
 def export_folder(model_dir: str, out_dir: str, format: str) -> str:
