@@ -140,6 +140,7 @@ class KeyValueHeadsDesign(AttentionDesign):
 
     def __init__(self, name: str):
         self.name = name
+        self.title = name.upper()
 
     def derive(self, config: HfAttnConfig) -> None:
         heads = config.num_attention_heads

@@ -243,6 +243,7 @@ class MLADesign(AttentionDesign):
     """
 
     name = "mla"
+    title = "MLA"
     attention_class = HfAttnMLAttention
     fields = (
         "kv_lora_rank",

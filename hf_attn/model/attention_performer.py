@@ -247,6 +247,7 @@ class PerformerDesign(AttentionDesign):
     """
 
     name = "performer"
+    title = "FAVOR+"
     attention_class = HfAttnPerformerAttention
     fields = ("performer_features", "performer_redraw_interval", "performer_chunk_size", "performer_seed")
     has_attention_weights = False  # no attention matrix is ever formed

@@ -49,6 +49,8 @@ class AttentionDesign:
     """
 
     name: str = ""
+    # the design's name in prose, for messages and model cards ("MLA", "FAVOR+"); empty: `name`
+    title: str = ""
     # the nn.Module the decoder layer builds: __init__(config, layer_idx), forward(hidden_states,
     # position_embeddings, attention_mask, cache, **kwargs) -> (output, attention weights or None)
     attention_class: type | None = None

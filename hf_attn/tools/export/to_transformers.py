@@ -37,10 +37,8 @@ NO_EXPORT = "attention_type={!r} has no transformers or llama.cpp equivalent: sh
 
 
 def design_title(design) -> str:
-    """A design's name in prose: its class docstring up to the first ':' ("FAVOR+", "MLA"), else its `name`."""
-    doc = (type(design).__dict__.get("__doc__") or "").strip()
-    head = doc.split(":", 1)[0]
-    return head if ":" in doc and len(head) <= 24 and "\n" not in head else design.name
+    """A design's name in prose ("FAVOR+", "MLA"): its `title`, else its `name`."""
+    return design.title or design.name
 
 
 def export_refusal(config: HfAttnConfig, format: str, cli: bool = False) -> str | None:
