@@ -56,6 +56,7 @@ from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...train.data import CorpusSpec, load_text_splits
 from ...utils import AT_LEAST_ONE, HfAttnError, check_options, prepare_output_dir, zero_means
 from ..export.to_transformers import design_title
+from .latent import carrier_count, norm_carriers
 
 LATENT_NORMS = ("fit", "bypass")
 # The counts no source bounds; check_request checks the ranks against the source.
@@ -107,6 +108,10 @@ class ConvertOptions:
     calibration_block_size: int = field(default=256, metadata={"help": "tokens per calibration sequence"})
     latent_norm: Literal[LATENT_NORMS] = field(
         default="fit", metadata={"help": "fit: latent RMSNorm approximated, to fine-tune; bypass: exact, not to train"}
+    )
+    latent_norm_carriers: int | None = field(
+        default=None,
+        metadata={"help": "latent dims that only hold the latent norm steady (latent.py); default 4 when calibrated"},
     )
     overwrite: bool = field(default=False, metadata={"help": "replace a previous conversion in --output-dir"})
 
@@ -181,6 +186,7 @@ class Plan:
     rank: int
     rope_dim: int
     stride: int | None
+    carriers: int = 0  # latent dims kv_b_proj does not read: they steady the latent norm (latent.norm_carriers)
 
     @property
     def pairs(self) -> int:
@@ -442,7 +448,8 @@ def convert_layer(
     q = torch.cat((src.q * (scale / alpha), q_rope * scale), dim=1)  # (H, d + dr, D): [nope | rope]
 
     w_kv = torch.cat((alpha * k_nope, src.v)).reshape(-1, plan.hidden)  # (2 G d, D): [K nope of each head; V]
-    down, up = latent_factors(w_kv, src.root, plan.rank, src.gain, src.samples)
+    down, up = latent_factors(w_kv, src.root, plan.rank - plan.carriers, src.gain, src.samples)
+    down, up = norm_carriers(down, up, src.samples, src.gain, plan.carriers)
     down_scale, up_scale = latent_scales(down, up, src.samples, latent_norm, eps)
     up_k, up_v = (up * up_scale).view(2, kv_heads, d, plan.rank)  # (G, d, r) each
     kv_b = torch.cat((up_k[kv_of], up_v[kv_of]), dim=1)  # (H, d + d, r): [k_nope | v] per head
@@ -495,6 +502,7 @@ def convert_to_mla(
     rope_stride: int | None = None,
     calibration_data: torch.Tensor | None = None,
     latent_norm: str = "fit",
+    latent_norm_carriers: int | None = None,
 ) -> HfAttnForCausalLM:
     """An hf_attn MLA model computing (approximately, see the module docstring) what `model` computes.
 
@@ -504,6 +512,9 @@ def convert_to_mla(
     """
     source = as_hf_attn(model)
     plan = check_request(source.config, kv_lora_rank, qk_rope_head_dim, rope_stride, latent_norm)
+    plan.carriers = carrier_count(
+        kv_lora_rank, plan.hidden, calibration_data is not None, latent_norm, latent_norm_carriers
+    )
     inputs = attention_inputs(source, calibration_data) if calibration_data is not None else None
     layers = source.model.layers
     sources = [LayerSource.read(layer, plan, None if inputs is None else inputs[i]) for i, layer in enumerate(layers)]
@@ -577,8 +588,9 @@ def convert_folder(options: ConvertOptions, corpus: CorpusSpec) -> dict:
         block = min(options.calibration_block_size, source.config.max_position_embeddings)
         calibration = calibration_ids(tokenizer, corpus, options.calibration_tokens, block)
     model = convert_to_mla(
-        source, options.kv_lora_rank, options.qk_rope_head_dim, options.rope_stride, calibration, options.latent_norm
-    )
+        source, options.kv_lora_rank, options.qk_rope_head_dim, options.rope_stride, calibration, options.latent_norm,
+        options.latent_norm_carriers,
+    )  # fmt: skip
     model.save_pretrained(options.output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(options.output_dir)
