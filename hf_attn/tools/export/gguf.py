@@ -22,6 +22,7 @@ Whatever llama.cpp would compute differently is refused before anything is writt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -375,17 +376,18 @@ def load_llama_cpp(
     ggml_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_dtype]
     llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
     try:
-        llm = llama_cpp.Llama(
-            str(path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            type_k=ggml_type,
-            type_v=ggml_type,
-            logits_all=logits_all,
-            flash_attn=flash_attn,
-            verbose=False,
-        )
+        with _without_amx_buffers():
+            llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                type_k=ggml_type,
+                type_v=ggml_type,
+                logits_all=logits_all,
+                flash_attn=flash_attn,
+                verbose=False,
+            )
     finally:
         llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
     match = _KV_LOG.search("".join(lines))
@@ -395,6 +397,41 @@ def load_llama_cpp(
     kv = {"k_bytes": float(k_mib) * 2**20, "v_bytes": float(v_mib) * 2**20, "k_type": k_type, "v_type": v_type}
     kv["cells"] = int(cells)  # token slots: n_ctx rounded up to llama.cpp's padding
     return llm, kv
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _without_amx_buffers():
+    """Load without llama.cpp's extra weight buffers (AMX, repacking) on CPUs with AMX.
+
+    llama.cpp's AMX matmul crashes the process on some AMX machines (a segmentation fault in
+    `ggml_backend_amx_mul_mat`, llama.cpp issue 20824, open without a fix): a q8_0 file crashed here on
+    the first decode. The plain CPU buffers compute the same products. llama-cpp-python's `Llama` takes no
+    such option, so its default model parameters are wrapped while it is built.
+    """
+    if not _cpu_has_amx():
+        yield
+        return
+    import llama_cpp.llama_cpp as bindings
+
+    defaults = bindings.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = defaults
 
 
 def llama_cpp_greedy(llm, prompt_ids: list[int], new_tokens: int) -> list[int]:
