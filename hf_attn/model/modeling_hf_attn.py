@@ -257,6 +257,9 @@ class HfAttnForCausalLM(HfAttnPreTrainedModel, GenerationMixin):
     # Llama's: the head is split over the vocabulary and its logits gathered (with the trunk's plans in the config)
     _tp_plan = {"lm_head": "colwise_gather_output"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+    # Llama's FSDP2 plan for the head (the trunk's is the config's `base_model_fsdp_plan`): kept gathered
+    # after forward, with the final norm, for the backward that follows at once; tied, it is the embedding's.
+    _fsdp_plan = {"lm_head": "keep_full_weight"}
 
     @property
     def default_cache_implementation(self) -> str:

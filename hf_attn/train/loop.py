@@ -79,6 +79,7 @@ from .data import load_text_splits, pack_splits
 from .evaluation import evaluate_loss, lm_metrics
 from .options import TrainArgs, build_config
 from .report import plot_losses, write_report
+from .sharding import check_checkpoint_kind, consolidated_model, load_sharded, save_sharded, shard_model
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 RUN_MARKER = "train_args.json"  # a folder holding it is an hf_attn run
@@ -169,8 +170,11 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 
 def make_accelerator(args: TrainArgs, run_dir: str) -> Accelerator:
+    # Under --fsdp the model's precision is FSDP2's policy (`sharding`), and torchrun's processes on a
+    # machine without an accelerator form one gloo group (MULTI_CPU) only when accelerate is told `cpu`.
     return Accelerator(
-        mixed_precision=args.mixed_precision,
+        cpu=args.fsdp and not torch.accelerator.is_available(),
+        mixed_precision="no" if args.fsdp else args.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=args.grad_accum,
             sync_with_dataloader=False,  # steps never end at an epoch's end
@@ -227,6 +231,7 @@ def resume_checkpoint(args: TrainArgs) -> str | None:
             "run without --resume to start a new run"
         )
     check_resume(args)
+    check_checkpoint_kind(resume_from, args.fsdp)
     return resume_from
 
 
@@ -332,6 +337,8 @@ def setup(args: TrainArgs) -> Run:
         create_run_dir(args, run_dir, accelerator)
         tokenizer = trained_tokenizer(args, run_dir, splits["train"]["text"], accelerator)
         config, data, model = build_model(args, tokenizer, splits)
+    if args.fsdp:  # before the optimizer is built: it holds the shards
+        model = shard_model(model.to(accelerator.device), accelerator.num_processes, args.mixed_precision)
     optimizer = make_optimizer(model, args)
     tokens_per_step = args.batch_size * args.grad_accum * accelerator.num_processes * args.block_size
     max_steps = total_steps(args, tokens_per_step)
@@ -340,9 +347,10 @@ def setup(args: TrainArgs) -> Run:
     )
     train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader(data.validation, batch_size=args.batch_size, shuffle=False)
-    model, optimizer, scheduler, train_loader, val_loader = accelerator.prepare(
-        model, optimizer, scheduler, train_loader, val_loader
-    )
+    # Under --fsdp the sharded model and its optimizer stay torch's own (see `sharding`).
+    own = () if args.fsdp else (model, optimizer)
+    *own, scheduler, train_loader, val_loader = accelerator.prepare(*own, scheduler, train_loader, val_loader)
+    model, optimizer = own or (model, optimizer)
     if len(train_loader) == 0:
         raise ValueError(
             f"the train split has {len(data.train)} blocks: fewer than one batch of {args.batch_size} per process"
@@ -383,6 +391,8 @@ def start_or_resume(run: Run) -> RunState:
                 hint="the checkpoint was written by another model configuration; nothing was changed",
             )
         run.accelerator.load_state(run.resume_from)
+        if run.args.fsdp:
+            load_sharded(run.model, run.optimizer, run.resume_from)
         state = RunState.load(run.resume_from)
         if run.is_main:  # the first writes of a resume, once the checkpoint has loaded
             remove_partial_saves(run.run_dir)
@@ -432,10 +442,11 @@ def train_step(run: Run, stream: Iterator[torch.Tensor], state: RunState) -> Non
         with accelerator.accumulate(model):
             loss = model(input_ids=input_ids, labels=input_ids).loss
             accelerator.backward(loss)
+            # accelerate's optimizer would skip the other micro-batches itself; FSDP's is torch's own
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            run.optimizer.step()
-            run.optimizer.zero_grad()
+                run.optimizer.step()
+                run.optimizer.zero_grad()
         step_loss += loss.detach()
     run.scheduler.step()
     elapsed = time.perf_counter() - step_start
@@ -541,6 +552,8 @@ def save_checkpoint(run: Run, state: RunState) -> None:
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(tmp)  # every process writes its RNG state; the main one the rest
+        if run.args.fsdp:
+            save_sharded(run.model, run.optimizer, tmp)  # every process its shards
         if run.is_main:
             state.save(tmp)
     except (OSError, RuntimeError, SafetensorError) as error:
@@ -633,8 +646,11 @@ def finish(run: Run, state: RunState) -> dict:
             f"({run.path('metrics.jsonl')}); no final model was saved"
             + (f"; the last checkpoint is {last}" if last else "")
         )
-    unwrapped = accelerator.unwrap_model(run.model)
-    state_dict = accelerator.get_state_dict(run.model)  # a collective under FSDP/DeepSpeed: every process joins
+    if run.args.fsdp:  # the full weights gathered into an unsharded model on the main process
+        unwrapped, state_dict = consolidated_model(run.model, run.config, run.is_main)
+    else:
+        unwrapped = accelerator.unwrap_model(run.model)
+        state_dict = accelerator.get_state_dict(run.model)  # a collective under FSDP/DeepSpeed: every process joins
     summary = summarize(run, state, unwrapped)
     staged = run.path(FINAL_TMP)
     if run.is_main:

@@ -85,6 +85,15 @@ class TrainOptions:
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "accelerate's setting"})
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "shard parameters, gradients and optimizer state over the processes with torch's FSDP2, "
+            "by transformers' plan for the model (one fully_shard per decoder layer); launch with "
+            "`torchrun --nproc_per_node N -m hf_attn.cli.train --fsdp ...` (on CPU too: gloo); "
+            "checkpoints are sharded, the final model is one ordinary folder (hf_attn.train.sharding)"
+        },
+    )
     max_steps: int | None = field(
         default=None, metadata={"help": "optimizer steps (default: from --max-tokens, else 1000)"}
     )
