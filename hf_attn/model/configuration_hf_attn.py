@@ -73,20 +73,15 @@ class HfAttnConfig(PreTrainedConfig):
     performer  FAVOR+ linear attention, constant state    performer_features, performer_chunk_size, ...
     ```
 
-    `sliding_window` (MHA/GQA/MQA only) limits every query to the last `sliding_window` positions,
-    itself included, as Mistral does; transformers' sliding-window mask and cache layers then apply.
+    `sliding_window` limits every query of MHA/GQA/MQA to the last `sliding_window` positions, itself
+    included, as Mistral does; transformers' sliding-window mask and cache layers then apply. On designs
+    without windowed layers (MLA, Performer) it is kept and has no effect (a warning says so), because
+    generic code sets the attribute wherever it exists.
 
-    Values left as `None` are derived (documented next to each rule below); a value the user set is
-    never rewritten: an inconsistent one raises `ValueError` naming the field and the rule.
-
-    MLA (DeepSeek-V2 §2.1) defaults follow the paper's ratios to the head dim d_h:
-    `kv_lora_rank = 4 d_h`, `qk_rope_head_dim = d_h / 2`, `qk_nope_head_dim = v_head_dim = d_h`,
-    and no query compression (`q_lora_rank=None`).
-
-    Performer (Choromanski et al. 2021, FAVOR+) defaults: `performer_features` m = 4 d_h rounded
-    (the paper's m = d_h log d_h is 111 for d_h = 32; 128 = 4 d_h costs the same), redraw every
-    1000 training forward passes, causal chunks of 64 positions; `num_key_value_heads` defaults to
-    the head count and may divide it (the state is kept per K/V head).
+    Values left as `None` are derived by the design's rules (its `AttentionDesign.derive`, next to its
+    attention class: MLA's follow DeepSeek-V2's ratios to the head dim, the Performer's FAVOR+'s); a
+    value the user set is never rewritten: an inconsistent one raises `ValueError` naming the field and
+    the rule. A field that belongs to another design is refused.
     """
 
     model_type = "hf_attn"
