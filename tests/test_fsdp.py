@@ -206,6 +206,8 @@ def test_sigkill_of_one_rank_then_resume_equals_the_uninterrupted_run(fsdp_run, 
     assert not (out / "model.safetensors").exists()
     ckpt = latest_checkpoint(str(out))
     assert ckpt is not None and int(ckpt.rsplit("-", 1)[1]) < 30
+    if (root / "tmp-checkpoint-20").exists():  # killed mid-save (as it is on the project's machine)
+        assert ckpt.endswith("checkpoint-10")
     # what a resume would take is complete: both processes' shards and the metadata written last
     assert sorted(os.listdir(os.path.join(ckpt, "fsdp"))) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     # a save cut short leaves only a temporary folder, which the resume ignores and removes
