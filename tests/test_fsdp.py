@@ -234,3 +234,12 @@ def test_a_sharded_checkpoint_is_not_resumed_without_fsdp(fsdp_run, tmp_path, ca
     with pytest.raises(SystemExit):
         train_main([*per_process_flags(), "--output-dir", str(out), "--resume"])
     assert "written with --fsdp" in capsys.readouterr().err
+
+
+def test_fsdp_in_one_process_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "one"
+    cmd = [sys.executable, "-m", "hf_attn.cli.train", "--fsdp", *per_process_flags(), "--output-dir", str(out)]
+    proc = subprocess.run(cmd, env=script_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--fsdp shards over several processes" in proc.stderr and "torchrun --nproc_per_node N" in proc.stderr
+    assert not out.exists()

@@ -3,6 +3,7 @@
 hf-attn-train --attention-type mla --preset small --max-steps 500 --output-dir runs/mla
 hf-attn-train --preset tiny --config-overrides num_hidden_layers=3,kv_lora_rank=32 --attention-type mla
 accelerate launch --multi_gpu --num_processes 2 -m hf_attn.cli.train ...   # same flags, data parallel
+torchrun --nproc_per_node 2 -m hf_attn.cli.train --fsdp ...                # FSDP2-sharded (CPU: gloo)
 hf-attn-train --output-dir runs/mla --resume                  # continue after a kill
 hf-attn-train ... --push-to-hub --repo-id USER/NAME           # share the run when it has finished
 """

@@ -45,6 +45,11 @@ Data order is a function of (seed, epoch): accelerate's seedable sampler draws e
 permutation from `seed + epoch` and shards it over processes, so a resumed run skips exactly the
 micro-batches it already consumed (`skip_first_batches`) and sees what an uninterrupted run sees.
 `batch_size` is per process: a step consumes batch_size * grad_accum * num_processes blocks.
+
+With --fsdp (under torchrun, CPU or GPU) the model is sharded by torch's FSDP2 with transformers'
+plan (`sharding`) before the optimizer is built; both stay out of `accelerator.prepare`, each
+checkpoint adds the sharded model and optimizer state (`checkpoint-STEP/fsdp/`), and the final
+model is gathered whole into the same folder layout as without it.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ from .data import load_text_splits, pack_splits
 from .evaluation import evaluate_loss, lm_metrics
 from .options import TrainArgs, build_config
 from .report import plot_losses, write_report
-from .sharding import check_checkpoint_kind, consolidated_model, load_sharded, save_sharded, shard_model
+from .sharding import check_checkpoint_kind, check_launch, consolidated_model, load_sharded, save_sharded, shard_model
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 RUN_MARKER = "train_args.json"  # a folder holding it is an hf_attn run
@@ -170,9 +175,12 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 
 def make_accelerator(args: TrainArgs, run_dir: str) -> Accelerator:
-    # Under --fsdp the model's precision is FSDP2's policy (`sharding`), and torchrun's processes on a
-    # machine without an accelerator form one gloo group (MULTI_CPU) only when accelerate is told `cpu`.
-    return Accelerator(
+    """The run's accelerator; a --fsdp launch that cannot shard is refused here, before anything is written.
+
+    Under --fsdp the model's precision is FSDP2's policy (`sharding`), and torchrun's processes on a
+    machine without an accelerator form one gloo group (MULTI_CPU) only when accelerate is told `cpu`.
+    """
+    accelerator = Accelerator(
         cpu=args.fsdp and not torch.accelerator.is_available(),
         mixed_precision="no" if args.fsdp else args.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(
@@ -184,6 +192,9 @@ def make_accelerator(args: TrainArgs, run_dir: str) -> Accelerator:
         log_with=None if args.tracker == "none" else args.tracker,
         project_config=ProjectConfiguration(project_dir=run_dir, logging_dir=os.path.join(run_dir, "tensorboard")),
     )
+    if args.fsdp:
+        check_launch(accelerator.num_processes, args.mixed_precision)
+    return accelerator
 
 
 def plan_run_dir(args: TrainArgs) -> str:

@@ -41,16 +41,8 @@ from ..utils import HfAttnError
 SHARDED_DIR = "fsdp"  # inside checkpoint-STEP: the DCP folder of the model and optimizer shards
 
 
-def shard_model(model: HfAttnForCausalLM, num_processes: int, mixed_precision: str) -> HfAttnForCausalLM:
-    """`model` with its parameters sharded over the `num_processes` of the process group (DTensors).
-
-    The plan is transformers' (`_resolve_parallel_plans`: the model's `fsdp_plan` checked against
-    its modules, the tied head folded into the embedding's rule, expanded per layer). It is applied
-    as transformers' `apply_fully_sharded_data_parallelism` applies it, with one difference: a tied
-    head joins its embedding's `fully_shard` group. transformers 5.24 shards before it ties weights
-    (at load time); a model that is already tied, as a freshly built one, would otherwise hold one
-    weight in two groups, which FSDP2 refuses. Every process must hold the same weights.
-    """
+def check_launch(num_processes: int, mixed_precision: str) -> None:
+    """Refuse a --fsdp run that cannot shard: one process, or fp16 (called before anything is written)."""
     if num_processes < 2:
         raise HfAttnError(
             "--fsdp shards over several processes, and this run has one: launch it with "
@@ -61,6 +53,19 @@ def shard_model(model: HfAttnForCausalLM, num_processes: int, mixed_precision: s
             "--fsdp with --mixed-precision fp16: transformers' FSDP2 mixed precision is bf16 "
             "(bf16 parameters, float32 gradient reduction); give --mixed-precision bf16 or no"
         )
+
+
+def shard_model(model: HfAttnForCausalLM, num_processes: int, mixed_precision: str) -> HfAttnForCausalLM:
+    """`model` with its parameters sharded over the `num_processes` of the process group (DTensors).
+
+    The plan is transformers' (`_resolve_parallel_plans`: the model's `fsdp_plan` checked against
+    its modules, the tied head folded into the embedding's rule, expanded per layer). It is applied
+    as transformers' `apply_fully_sharded_data_parallelism` applies it, with one difference: a tied
+    head joins its embedding's `fully_shard` group. transformers 5.24 shards before it ties weights
+    (at load time); a model that is already tied, as a freshly built one, would otherwise hold one
+    weight in two groups, which FSDP2 refuses. Every process must hold the same weights.
+    """
+    check_launch(num_processes, mixed_precision)
     _, _, plan = model._resolve_parallel_plans(DistributedConfig(fsdp_size=num_processes))
     mesh = init_device_mesh(model.device.type, (num_processes,), mesh_dim_names=("fsdp",))
     policy = {"mesh": mesh}
