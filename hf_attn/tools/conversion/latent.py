@@ -4,9 +4,8 @@ MLA's `kv_a_layernorm` divides each token's latent by its RMS, and so scales tha
 and values by a factor no linear map undoes. `latent_factors` makes the latent's norm the length
 of the unit-RMS attention input u = x / input_layernorm.weight projected on the kept subspace;
 |u|^2 = hidden for every token, so what varies is only the share of u outside that subspace. On a
-pretrained model that share varies a lot (SmolLM2-135M at rank 160 of 576: the latent's squared
-norm has a relative spread of ~13% over calibration tokens, and an attention-sink token at
-position 0 falls to a fifth of the typical norm), and the per-token scale collapses the model
+pretrained model that share varies a lot from token to token (most of all on the first token of a
+sequence, an attention sink), and the per-token scale can collapse the model
 (docs/convert/smollm2/report.md).
 
 A carrier is a latent dim that kv_b_proj does not read (a zero column): it costs one cached value
