@@ -23,6 +23,24 @@ GQA_FAMILY = ("mha", "mqa", "gqa")
 # config that sets one is refused instead of caching or masking differently from the model.
 # (`layer_types` is derived for Performer, which uses transformers' "linear_attention" cache layers;
 # a user-given value is accepted only when it equals the derived one, so a reloaded config passes.)
+# The decoder trunk's fields, outside any attention design (LlamaConfig's names): what an export or a
+# conversion between designs carries over unchanged.
+TRUNK_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "initializer_range",
+    "tie_word_embeddings",
+    "attention_dropout",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 UNSUPPORTED_FIELDS = ("attention_chunk_size", "use_sliding_window", "rope_scaling")
 
 # Named sizes. Each preset fixes the trunk (width, depth, heads); the attention type is chosen
@@ -304,4 +322,4 @@ class HfAttnConfig(PreTrainedConfig):
         return self.design.attention_parameters(self)
 
 
-__all__ = ["HfAttnConfig", "PRESETS", "ATTENTION_TYPES", "ATTENTION_DESIGNS", "GQA_FAMILY"]
+__all__ = ["HfAttnConfig", "PRESETS", "ATTENTION_TYPES", "ATTENTION_DESIGNS", "GQA_FAMILY", "TRUNK_FIELDS"]

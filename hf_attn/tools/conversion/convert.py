@@ -51,7 +51,7 @@ from transformers import LlamaForCausalLM
 from ...loading import load_model, load_tokenizer, read_config, tokenizer_files
 from ...model.attention import KeyValueHeadsDesign
 from ...model.attention_mla import MLADesign
-from ...model.configuration_hf_attn import HfAttnConfig
+from ...model.configuration_hf_attn import TRUNK_FIELDS, HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...train.data import CorpusSpec, load_text_splits
 from ...utils import AT_LEAST_ONE, HfAttnError, check_options, prepare_output_dir, zero_means
@@ -62,24 +62,8 @@ LATENT_NORMS = ("fit", "bypass")
 # The counts no source bounds; check_request checks the ranks against the source.
 CONVERT_OPTION_RULES = {"calibration_tokens": zero_means("weights only"), "calibration_block_size": AT_LEAST_ONE}
 MARKER = "conversion.json"
-# Fields the MLA model takes unchanged from the source's config: the trunk and the token ids.
-TRUNK_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "hidden_act",
-    "max_position_embeddings",
-    "rms_norm_eps",
-    "initializer_range",
-    "tie_word_embeddings",
-    "attention_dropout",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "use_cache",
-)
+# Fields the MLA model takes unchanged from the source's config: the trunk (the token ids among them).
+COPIED_FIELDS = (*TRUNK_FIELDS, "use_cache")
 # "bypass": the latent's mean square stays below this fraction of the norm's eps (relative error ~ half of it).
 BYPASS_MARGIN = 1e-6
 
@@ -151,7 +135,7 @@ def from_llama(model: LlamaForCausalLM) -> HfAttnForCausalLM:
         raise HfAttnError(f"the Llama checkpoint uses {', '.join(found)}, which the MLA conversion does not handle")
     heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     attention_type = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
-    fields = {name: getattr(config, name) for name in TRUNK_FIELDS}
+    fields = {name: getattr(config, name) for name in COPIED_FIELDS}
     target = HfAttnConfig(
         **fields,
         attention_type=attention_type,
@@ -470,7 +454,7 @@ def mla_config(config: HfAttnConfig, plan: Plan, stride: int) -> HfAttnConfig:
     """The converted model's config: the source's trunk, MLA dims, and the RoPE base that keeps pairs 0, s, 2s, ..."""
     theta = config.rope_parameters["rope_theta"]
     return HfAttnConfig(
-        **{name: getattr(config, name) for name in TRUNK_FIELDS},
+        **{name: getattr(config, name) for name in COPIED_FIELDS},
         attention_type="mla",
         head_dim=plan.head_dim,
         kv_lora_rank=plan.rank,

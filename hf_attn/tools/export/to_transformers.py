@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from ...loading import load_model_and_tokenizer
-from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
+from ...model.configuration_hf_attn import ATTENTION_DESIGNS, TRUNK_FIELDS, HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...utils import HfAttnError
 
@@ -74,24 +74,7 @@ def check_export(config: HfAttnConfig, format: str, cli: bool = False) -> None:
         raise HfAttnError(refusal)
 
 
-_SHARED_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "hidden_act",
-    "max_position_embeddings",
-    "rms_norm_eps",
-    "initializer_range",
-    "tie_word_embeddings",
-    "attention_bias",
-    "attention_dropout",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-)
+_SHARED_FIELDS = (*TRUNK_FIELDS, "num_key_value_heads", "attention_bias")
 
 
 def _shared(config: HfAttnConfig) -> dict:
