@@ -90,8 +90,16 @@ def test_assisted_decoding_equals_greedy(make_model, design):
     model.generation_config.num_assistant_tokens_schedule = "constant"
     ids = torch.randint(0, 256, (1, 6))
     greedy = model.generate(ids, max_new_tokens=8, do_sample=False)
-    assisted = model.generate(ids, max_new_tokens=8, do_sample=False, assistant_model=model, output_hidden_states=True)
-    assert torch.equal(greedy, assisted)
+    assisted = model.generate(
+        ids,
+        max_new_tokens=8,
+        do_sample=False,
+        assistant_model=model,
+        output_hidden_states=True,
+        return_dict_in_generate=True,
+    )
+    assert torch.equal(greedy, assisted.sequences)
+    assert all(len(step) == model.config.num_hidden_layers + 1 for step in assisted.hidden_states)
 
 
 # ----------------------------------------------------------------------------- padding-free packing
