@@ -228,6 +228,15 @@ PROMPTS = [
 
 
 @torch.no_grad()
+def greedy_argmax(model, ids: list[int], new_tokens: int) -> list[int]:
+    """Plain argmax continuation, EOS included (generate stops at EOS; llama_cpp_greedy does not)."""
+    tokens = list(ids)
+    for _ in range(new_tokens):
+        tokens.append(int(model(torch.tensor([tokens])).logits[0, -1].argmax()))
+    return tokens[len(ids) :]
+
+
+@torch.no_grad()
 def llama_cpp_parity(model, tokenizer, gguf_path, new_tokens: int = 32, threads: int = 2) -> dict:
     """Token ids, greedy continuations and the prompt's last logits: llama.cpp against transformers (float32)."""
     import numpy as np
@@ -239,10 +248,7 @@ def llama_cpp_parity(model, tokenizer, gguf_path, new_tokens: int = 32, threads:
     for prompt in PROMPTS:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         llama_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        want = model.generate(
-            torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens
-        )
-        want = want[0, len(ids) :].tolist()
+        want = greedy_argmax(model, ids, new_tokens)
         llm.reset()
         llm.eval(ids)
         diff = np.abs(last_logits(llm) - model(torch.tensor([ids])).logits[0, -1].numpy()).max()
