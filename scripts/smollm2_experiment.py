@@ -34,7 +34,8 @@ def main(argv=None) -> None:
     else:
         results = run_real_model(options, keep_dir=stage.keep_dir)
     write_report(options, results, "python scripts/smollm2_experiment.py " + " ".join(sys.argv[1:]), environment())
-    run_llama_cpp_stage(options, stage, results)
+    if not stage.skip_llama_cpp:
+        run_llama_cpp_stage(options, stage, results)
     print(
         write_report(options, results, "python scripts/smollm2_experiment.py " + " ".join(sys.argv[1:]), environment())
     )

@@ -287,6 +287,7 @@ class LlamaCppStageOptions:
     contexts: list[int] = field(default_factory=lambda: [4096, 8192], metadata={"help": "llama.cpp contexts"})
     timed: bool = field(default=False, metadata={"help": "also time decode after a full prefill at each context"})
     skip_conversions: bool = field(default=False, metadata={"help": "reuse results.json and keep_dir's models"})
+    skip_llama_cpp: bool = field(default=False, metadata={"help": "stop after the conversions"})
 
 
 def run_llama_cpp_stage(options: RealModelOptions, stage: LlamaCppStageOptions, results: dict) -> dict:
