@@ -335,6 +335,24 @@ def llama_cpp_lines(out: dict, fraction: float) -> list[str]:
     return lines
 
 
+def hf_attn_kv_lines(results: dict, contexts=(4096, 8192), batches=(1, 8)) -> list[str]:
+    """hf_attn's float32 KV cache: cached elements per token (all layers) x 4 bytes x context x batch, computed."""
+    layers = (
+        30
+        if not results["runs"]
+        else results["runs"][0]["kv_cache_elements_per_token"]
+        // (results["runs"][0]["kv_lora_rank"] + results["runs"][0]["qk_rope_head_dim"])
+    )
+    models = [("source", results["source"]["per_layer"] * layers)]
+    models += [(f"MLA {r['fraction']:g}", r["kv_cache_elements_per_token"]) for r in results["runs"]]
+    head = " | ".join(f"{c} tokens, batch {b}" for c in contexts for b in batches)
+    lines = [f"| model | elements / token | {head} |", "|---|---:" + "|---:" * len(contexts) * len(batches) + "|"]
+    for name, elements in models:
+        cells = " | ".join(f"{elements * 4 * c * b / 2**20:,.0f} MiB" for c in contexts for b in batches)
+        lines.append(f"| {name} | {elements:,} | {cells} |")
+    return lines
+
+
 def write_report(options: RealModelOptions, results: dict, command_line: str, environment: dict) -> str:
     text = [
         "# SmolLM2-135M-Instruct: imported, converted to MLA, recovered, run in llama.cpp",
@@ -356,6 +374,7 @@ def write_report(options: RealModelOptions, results: dict, command_line: str, en
         "",
         *goals(results),
     ]
+    text += ["", "## hf_attn KV cache (float32, computed from the config, not timed)", "", *hf_attn_kv_lines(results)]
     if "llama_cpp" in results:
         text += [
             "",
