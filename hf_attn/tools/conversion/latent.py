@@ -38,6 +38,9 @@ def norm_carriers(
     missed = u - (u @ basis) @ basis.T  # (N, hidden)
     _, _, vh = torch.linalg.svd(missed, full_matrices=False)
     directions = vh[:carriers]  # (carriers, hidden): where most of the missed norm lies
+    # An SVD's signs are arbitrary (and the carriers' are unused, only squares count): fix them, so that
+    # the same model converts to the same weights bit for bit
+    directions = directions * torch.sign(directions.gather(1, directions.abs().argmax(dim=1, keepdim=True)))
     kept = (samples @ down.T).pow(2).sum(dim=1)  # (N,)
     squares = (u @ directions.T).pow(2)  # (N, carriers)
     best_spread, best_weights = None, None
