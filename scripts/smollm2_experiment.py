@@ -16,6 +16,7 @@ from hf_attn.cli.base import command, parse
 from hf_attn.tools.conversion.real_model import (
     LlamaCppStageOptions,
     RealModelOptions,
+    run_ablations,
     run_llama_cpp_stage,
     run_real_model,
     write_report,
@@ -34,6 +35,8 @@ def main(argv=None) -> None:
     else:
         results = run_real_model(options, keep_dir=stage.keep_dir)
     write_report(options, results, "python scripts/smollm2_experiment.py " + " ".join(sys.argv[1:]), environment())
+    if stage.ablations:
+        run_ablations(options, results)
     if not stage.skip_llama_cpp:
         run_llama_cpp_stage(options, stage, results)
     print(

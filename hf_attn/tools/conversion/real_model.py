@@ -126,6 +126,39 @@ def run_fraction(bench: Bench, options: RealModelOptions, fraction: float) -> tu
     return record, model
 
 
+ABLATIONS = {  # what the default conversion would be without the norm carriers, and with the exact latent norm
+    "no norm carriers (the previous default)": {"latent_norm_carriers": 0},
+    "latent_norm=bypass (exact norm, not trainable)": {"latent_norm": "bypass"},
+}
+
+
+def run_ablations(options: RealModelOptions, results: dict, fraction: float = 0.5) -> list[dict]:
+    """Zero-shot scores at `fraction` of the cache for each of `ABLATIONS`; results["ablations"] after each."""
+    torch.set_num_threads(options.threads)
+    bench = build_bench(options)
+    rank, rope = conversion_shape(bench.source, fraction, options.rope_dim)
+    results["ablations"] = []
+    for name, flags in ABLATIONS.items():
+        model = convert_to_mla(bench.source, rank, rope, calibration_data=bench.calibration, **flags)
+        results["ablations"].append(
+            {"name": name, "fraction": fraction, "flags": flags, "zero_shot": bench.scores(model)}
+        )
+        save(options, results)
+    return results["ablations"]
+
+
+def ablation_lines(results: dict) -> list[str]:
+    names = list(results["source"]["scores"])
+    lines = ["| conversion at 1/2 of the cache, zero-shot | " + " | ".join(f"ppl {n}" for n in names) + " |"]
+    lines.append("|---" + "|---:" * len(names) + "|")
+    default = next((r for r in results["runs"] if r["fraction"] == 0.5), None)
+    rows = [("default (norm carriers)", default["zero_shot"])] if default else []
+    rows += [(a["name"], a["zero_shot"]) for a in results.get("ablations", [])]
+    for name, scores in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{scores[n]['perplexity']:.2f}" for n in names) + " |")
+    return lines
+
+
 def save(options: RealModelOptions, results: dict) -> None:
     os.makedirs(options.out_dir, exist_ok=True)
     with open(os.path.join(options.out_dir, "results.json"), "w") as f:
@@ -288,6 +321,9 @@ class LlamaCppStageOptions:
     timed: bool = field(default=False, metadata={"help": "also time decode after a full prefill at each context"})
     skip_conversions: bool = field(default=False, metadata={"help": "reuse results.json and keep_dir's models"})
     skip_llama_cpp: bool = field(default=False, metadata={"help": "stop after the conversions"})
+    ablations: bool = field(
+        default=False, metadata={"help": "also score the 1/2 conversion without carriers / bypass"}
+    )
 
 
 def run_llama_cpp_stage(options: RealModelOptions, stage: LlamaCppStageOptions, results: dict) -> dict:
@@ -374,6 +410,8 @@ def write_report(options: RealModelOptions, results: dict, command_line: str, en
         "",
         *goals(results),
     ]
+    if "ablations" in results:
+        text += ["", "## What collapsed the default conversion", "", *ablation_lines(results)]
     text += ["", "## hf_attn KV cache (float32, computed from the config, not timed)", "", *hf_attn_kv_lines(results)]
     if "llama_cpp" in results:
         text += [
