@@ -29,19 +29,19 @@ def main(argv=None) -> None:
     options, stage = parse([RealModelOptions, LlamaCppStageOptions], argv, description=__doc__)
     if options.source is None:
         raise ValueError("give --source: the SmolLM2 GGUF file (see this script's docstring)")
+    command_line = "python scripts/smollm2_experiment.py " + " ".join(sys.argv[1:])
     if stage.skip_conversions:
         with open(os.path.join(options.out_dir, "results.json")) as f:
             results = json.load(f)
     else:
         results = run_real_model(options, keep_dir=stage.keep_dir)
-    write_report(options, results, "python scripts/smollm2_experiment.py " + " ".join(sys.argv[1:]), environment())
+    results["commands"] = [*results.get("commands", []), command_line]
+    write_report(options, results, "`, then `".join(results["commands"]), environment())
     if stage.ablations:
         run_ablations(options, results)
     if not stage.skip_llama_cpp:
         run_llama_cpp_stage(options, stage, results)
-    print(
-        write_report(options, results, "python scripts/smollm2_experiment.py " + " ".join(sys.argv[1:]), environment())
-    )
+    print(write_report(options, results, "`, then `".join(results["commands"]), environment()))
 
 
 if __name__ == "__main__":
