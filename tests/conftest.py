@@ -132,3 +132,14 @@ def check_training_step():
             )
 
     return check
+
+
+def tiny_llama(seed: int, std: float = 0.12, **overrides):
+    """A tiny random transformers LlamaForCausalLM shaped like SmolLM2: GQA (4 heads, 2 K/V heads, head_dim 16)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fields = dict(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rope_theta=1e4, rms_norm_eps=1e-5,
+    )  # fmt: skip
+    return randomize_(LlamaForCausalLM(LlamaConfig(**{**fields, **overrides})), seed=seed, std=std).eval()

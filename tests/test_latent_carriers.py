@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import randomize_
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama
 
 from hf_attn.tools.conversion.convert import convert_to_mla
 
@@ -13,11 +12,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def source():
     """A tiny random Llama with two "massive" residual dims, as pretrained models have, which K and V ignore."""
-    config = LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rope_theta=1e4, rms_norm_eps=1e-5,
-    )  # fmt: skip
-    model = randomize_(LlamaForCausalLM(config), seed=7, std=0.12).eval()
+    model = tiny_llama(seed=7)
     with torch.no_grad():
         model.model.embed_tokens.weight[:, :2] = 1.0 + 0.8 * torch.rand(
             256, 2, generator=torch.Generator().manual_seed(1)

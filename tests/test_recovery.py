@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import randomize_
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama
+from transformers import AutoTokenizer
 
 from hf_attn.cli.convert import main as convert_main
 from hf_attn.tools.conversion.convert import attention_errors, convert_to_mla
@@ -16,12 +16,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def source():
-    """A tiny random Llama-architecture GQA model (4 heads, 2 K/V heads, head_dim 16)."""
-    config = LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rope_theta=1e4, rms_norm_eps=1e-5,
-    )  # fmt: skip
-    return randomize_(LlamaForCausalLM(config), seed=5, std=0.12).eval()
+    return tiny_llama(seed=5)
 
 
 def ids(seed: int, rows: int = 8) -> torch.Tensor:
@@ -63,11 +58,8 @@ def test_recovery_needs_steps(source):
 
 def test_convert_command_recovers_the_folder_it_wrote(tmp_path, capsys):
     tokenizer = AutoTokenizer.from_pretrained("tokenizer")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    randomize_(LlamaForCausalLM(config), seed=6, std=0.12).save_pretrained(tmp_path / "llama")
+    llama = tiny_llama(seed=6, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    llama.save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
     flags = ["--kv-lora-rank", "12", "--rope-dim", "8", "--calibration-tokens", "512", "--calibration-block-size",
              "32", "--max-chars", "20000", "--output-dir"]  # fmt: skip
