@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import randomize_
+from conftest import tiny_llama
 from torch.testing import assert_close
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, pipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, pipeline
 
 from hf_attn import HfAttnForCausalLM
 from hf_attn.cli.import_model import main as import_main
@@ -33,13 +33,10 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def llama(tokenizer):
     """A tiny random Llama shaped like SmolLM2: GQA (4 heads, 2 K/V heads), tied embeddings, RoPE theta 1e5."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rope_theta=1e5, rms_norm_eps=1e-5,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    return tiny_llama(
+        seed=3, std=0.1, vocab_size=len(tokenizer), rope_theta=1e5, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    return randomize_(LlamaForCausalLM(config), seed=3, std=0.1).eval()
 
 
 @pytest.fixture(scope="module")
