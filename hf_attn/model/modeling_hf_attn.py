@@ -181,8 +181,10 @@ class HfAttnModel(HfAttnPreTrainedModel):
             given_positions = True
         # Checks that read tensor values would split a compiled graph: the compiled decode step skips them.
         if not torch.compiler.is_compiling():
-            packing = given_positions and attention_mask is None and not cache_given  # how packed batches arrive
-            self._check_positions(position_ids, packing, given_positions, past_len, inputs_embeds.shape[1])
+            # Positions given without a cache (training, padding-free packing) are read; a cached step is
+            # checked by its token count, which costs the decode loop no device-to-host copy.
+            read_positions = given_positions and not cache_given
+            self._check_positions(position_ids, read_positions, attention_mask, past_len, inputs_embeds.shape[1])
 
         masks = self._layer_masks(inputs_embeds, attention_mask, cache, position_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
@@ -223,7 +225,7 @@ class HfAttnModel(HfAttnPreTrainedModel):
             for layer_type in set(self.config.layer_types)
         }
 
-    def _check_positions(self, position_ids, packing, given_positions, past_len, new_len) -> None:
+    def _check_positions(self, position_ids, read_positions, attention_mask, past_len, new_len) -> None:
         """Refuse positions the model was not trained on, and packed batches a design cannot keep apart.
 
         Positions, not token counts: a padding-free packed batch (several documents in one row, their
@@ -234,14 +236,15 @@ class HfAttnModel(HfAttnPreTrainedModel):
             # No position embedding to run out of; but one running state per row, so packed documents
             # would read each other (transformers detects packing from restarting positions, given with
             # neither a mask nor a cache, as padding-free collators send them).
-            if packing and find_packed_sequence_indices(position_ids) is not None:
+            packed = read_positions and attention_mask is None  # how padding-free collators send them
+            if packed and find_packed_sequence_indices(position_ids) is not None:
                 raise ValueError(
                     f"attention_type={self.config.attention_type!r} keeps one running state per batch row, so a "
                     "packed batch (position_ids restarting inside a row) would mix its documents: pad them instead."
                 )
             return
         # RoPE itself would extrapolate, but the model was never trained on such positions.
-        longest = int(position_ids.max()) + 1 if given_positions else past_len + new_len
+        longest = int(position_ids.max()) + 1 if read_positions else past_len + new_len
         if longest > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence length {longest} (cached {past_len} + new {new_len}) exceeds "
