@@ -128,6 +128,13 @@ def four_projection_parameters(config: HfAttnConfig) -> int:
     return (d + b) * (q + 2 * kv) + (q + b) * d
 
 
+def key_value_heads_type(num_key_value_heads: int, num_attention_heads: int) -> str:
+    """The `attention_type` a K/V head count names: "mha" (one per query head), "mqa" (one), else "gqa"."""
+    if num_key_value_heads == num_attention_heads:
+        return "mha"
+    return "mqa" if num_key_value_heads == 1 else "gqa"
+
+
 class KeyValueHeadsDesign(AttentionDesign):
     """MHA, GQA and MQA: one class; the design fixes the default (and allowed) number of K/V heads.
 

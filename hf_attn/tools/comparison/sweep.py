@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from ...model.attention import KeyValueHeadsDesign
+from ...model.attention import KeyValueHeadsDesign, key_value_heads_type
 from ...model.attention_mla import MLADesign
 from ...model.attention_performer import PerformerDesign
 from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
@@ -95,7 +95,8 @@ def _family_range(name: str, config: HfAttnConfig, block_size: int) -> list[str]
         divisors = [kv for kv in range(1, heads + 1) if heads % kv == 0]
         if type(design) is not KeyValueHeadsDesign:  # a subclass: its own name, every K/V head count
             return [f"{name}:num_key_value_heads={kv}" for kv in divisors]
-        return ["mqa" if kv == 1 else "mha" if kv == heads else f"gqa:num_key_value_heads={kv}" for kv in divisors]
+        names = [key_value_heads_type(kv, heads) for kv in divisors]
+        return [f"gqa:num_key_value_heads={kv}" if n == "gqa" else n for kv, n in zip(divisors, names)]
     if isinstance(design, MLADesign):
         return [f"{design.name}:kv_lora_rank={r}" for r in _doublings(max(1, d_h // 2), 8 * d_h)]
     if isinstance(design, PerformerDesign):

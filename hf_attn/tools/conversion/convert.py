@@ -49,7 +49,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from ...loading import load_model, load_tokenizer, read_config, tokenizer_files
-from ...model.attention import KeyValueHeadsDesign
+from ...model.attention import KeyValueHeadsDesign, key_value_heads_type
 from ...model.attention_mla import MLADesign
 from ...model.configuration_hf_attn import TRUNK_FIELDS, HfAttnConfig
 from ...model.modeling_hf_attn import HfAttnForCausalLM
@@ -134,11 +134,10 @@ def from_llama(model: LlamaForCausalLM) -> HfAttnForCausalLM:
     if found:
         raise HfAttnError(f"the Llama checkpoint uses {', '.join(found)}, which the MLA conversion does not handle")
     heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    attention_type = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
     fields = {name: getattr(config, name) for name in COPIED_FIELDS}
     target = HfAttnConfig(
         **fields,
-        attention_type=attention_type,
+        attention_type=key_value_heads_type(kv, heads),
         num_key_value_heads=kv,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
         rope_parameters={"rope_type": "default", "rope_theta": rope["rope_theta"]},
