@@ -248,6 +248,24 @@ def check_request(config: HfAttnConfig, kv_lora_rank, qk_rope_head_dim, rope_str
 # ---------------------------------------------------------------- calibration
 
 
+def attention_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states an attention module's forward received, from a forward hook's `args`/`kwargs`."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def run_with_attention_hooks(model: HfAttnForCausalLM, input_ids: torch.Tensor, batch_size: int, hook_for) -> None:
+    """Run `model` over `input_ids` (N, T) in chunks of `batch_size` rows, with `hook_for(layer index)` as a
+    forward hook (`with_kwargs`) on every layer's attention; the hooks are removed afterwards."""
+    layers = model.model.layers
+    handles = [layer.self_attn.register_forward_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for chunk in input_ids.split(batch_size):
+            model(input_ids=chunk.to(model.device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def attention_inputs(model: HfAttnForCausalLM, input_ids: torch.Tensor, batch_size: int = 8) -> list[torch.Tensor]:
     """Each layer's attention input (after input_layernorm) on `input_ids` (N, T): one (N * T, hidden) per layer."""
@@ -257,19 +275,11 @@ def attention_inputs(model: HfAttnForCausalLM, input_ids: torch.Tensor, batch_si
             f"{tuple(input_ids.shape)}"
         )
     captured = [[] for _ in model.model.layers]
-    hooks = [
-        layer.self_attn.register_forward_pre_hook(
-            lambda module, args, kwargs, store=store: store.append(args[0] if args else kwargs["hidden_states"]),
-            with_kwargs=True,
-        )
-        for layer, store in zip(model.model.layers, captured)
-    ]
-    try:
-        for chunk in input_ids.split(batch_size):
-            model(input_ids=chunk.to(model.device), use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
+
+    def hook(index):
+        return lambda module, args, kwargs, output: captured[index].append(attention_input(args, kwargs))
+
+    run_with_attention_hooks(model, input_ids, batch_size, hook)
     return [torch.cat(store).reshape(-1, model.config.hidden_size).double().cpu() for store in captured]
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...model.modeling_hf_attn import HfAttnForCausalLM
-from .convert import as_hf_attn
+from .convert import as_hf_attn, attention_input, run_with_attention_hooks
 
 
 @dataclass
@@ -63,19 +63,13 @@ def record_attention(source: HfAttnForCausalLM, input_ids: torch.Tensor, batch_s
 
     def hook(index):
         def record(module, args, kwargs, output):
-            inputs[index].append((args[0] if args else kwargs["hidden_states"]).float())
+            inputs[index].append(attention_input(args, kwargs).float())
             outputs[index].append(output[0].float())
             masks[index].append(kwargs.get("attention_mask"))
 
         return record
 
-    handles = [layer.self_attn.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        for chunk in input_ids.split(batch_size):
-            source(input_ids=chunk.to(source.device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_attention_hooks(source, input_ids, batch_size, hook)
     # Unpadded calibration rows: the mask (if the kernel needs one) is the same causal mask for every chunk.
     return [LayerRecord(torch.cat(x), torch.cat(y), m[0]) for x, y, m in zip(inputs, outputs, masks)]
 
