@@ -91,7 +91,7 @@ def test_page_in_headless_chromium(model_dirs, models, tmp_path):
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_http(url, server, tmp_path / "demo.log", 60)
+        wait_for_http(url, server, tmp_path / "demo.log")
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,
@@ -114,7 +114,7 @@ def test_page_in_headless_chromium(model_dirs, models, tmp_path):
                 page.locator("#generate").click()
                 expected = [greedy(m, PROMPT, 16) for m in models]
                 outputs = [page.locator(f"#output-{i} textarea") for i in range(2)]
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + 300  # a hang guard only: the assertion below is on the text
                 while [o.input_value() for o in outputs] != expected and time.monotonic() < deadline:
                     time.sleep(0.2)
                 got = [o.input_value() for o in outputs]

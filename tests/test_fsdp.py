@@ -193,8 +193,8 @@ def test_sigkill_of_one_rank_then_resume_equals_the_uninterrupted_run(fsdp_run, 
     cmd = fsdp_command(out)
     proc = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     # kill rank 1 as its second checkpoint is being written (or just after: either way mid-run)
-    root, deadline = out / "checkpoints", time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
+    root = out / "checkpoints"
+    while proc.poll() is None:  # pytest-timeout bounds a hang
         names = os.listdir(root) if root.is_dir() else []
         if "tmp-checkpoint-20" in names or "checkpoint-20" in names:
             break

@@ -197,16 +197,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_http(url: str, server: subprocess.Popen, log: Path, timeout_s: float) -> bytes:
-    """Poll `url` until it answers; fail with the server's log if it exits or takes too long."""
-    deadline = time.monotonic() + timeout_s
+def wait_for_http(url: str, server: subprocess.Popen, log: Path) -> bytes:
+    """Poll `url` until it answers; fail with the server's log if the server exits.
+
+    No deadline of its own: a loaded machine only makes the server slower, and a server that hangs is
+    stopped by the suite's per-test timeout (pytest-timeout, pyproject.toml).
+    """
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 return r.read()
         except OSError:
             assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"{url} did not answer within {timeout_s} s"
             time.sleep(0.3)
 
 
@@ -259,7 +261,7 @@ def test_download_by_repo_id_over_http(run_dir, staged, tmp_path):
             stderr=subprocess.STDOUT,
         )
     try:
-        info = wait_for_http(f"{endpoint}/api/models/{REPO_ID}/revision/main", server, tmp_path / "olah.log", 30)
+        info = wait_for_http(f"{endpoint}/api/models/{REPO_ID}/revision/main", server, tmp_path / "olah.log")
         assert json.loads(info)["id"] == REPO_ID
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
         env.update(HF_HOME=str(tmp_path / "hf_home"), HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1")

@@ -183,8 +183,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     cmd = [*entry_point("hf-attn-train"), *flags, "--output-dir", str(killed)]
     proc = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while latest_checkpoint(str(killed)) is None and proc.poll() is None and time.monotonic() < deadline:
+    while latest_checkpoint(str(killed)) is None and proc.poll() is None:  # pytest-timeout bounds a hang
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed mid-way"
