@@ -6,7 +6,7 @@ a downloaded folder loads with `trust_remote_code=True` where hf_attn is not ins
 """
 
 from .attention_utils import ATTENTION_DESIGNS, AttentionDesign, register_attention_design
-from .configuration_hf_attn import ATTENTION_TYPES, GQA_FAMILY, PRESETS, HfAttnConfig
+from .configuration_hf_attn import ATTENTION_TYPES, PRESETS, HfAttnConfig
 from .modeling_hf_attn import HfAttnForCausalLM, HfAttnModel, HfAttnPreTrainedModel
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "AttentionDesign",
     "register_attention_design",
     "ATTENTION_TYPES",
-    "GQA_FAMILY",
     "PRESETS",
     "HfAttnConfig",
     "HfAttnForCausalLM",

@@ -168,7 +168,7 @@ class HfAttnPerformerAttention(nn.Module):
     def cached_tokens(self, cache: Cache) -> int:
         """Positions (padding included) this layer's state in `cache` has read; 0 before the first token."""
         state = _cached_state(cache, self.layer_idx)
-        if state is None or state.shape[2] == self.num_features:  # no count row: a state from before it was kept
+        if state is None:
             return 0
         return int(state[:, 0, -1, -1].max())  # (B, kv, m + 1, d + 1): the count feature's ones column
 

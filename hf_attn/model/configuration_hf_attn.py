@@ -18,7 +18,6 @@ from .attention_utils import ATTENTION_DESIGNS, AttentionDesign
 logger = logging.get_logger(__name__)
 
 ATTENTION_TYPES = ("mha", "mqa", "gqa", "mla", "performer")  # the built-in designs; ATTENTION_DESIGNS has all
-GQA_FAMILY = ("mha", "mqa", "gqa")
 # Config fields that transformers' cache and mask builders read but no hf_attn model honours: a
 # config that sets one is refused instead of caching or masking differently from the model.
 # (`layer_types` is derived for Performer, which uses transformers' "linear_attention" cache layers;
@@ -322,4 +321,4 @@ class HfAttnConfig(PreTrainedConfig):
         return self.design.attention_parameters(self)
 
 
-__all__ = ["HfAttnConfig", "PRESETS", "ATTENTION_TYPES", "ATTENTION_DESIGNS", "GQA_FAMILY", "TRUNK_FIELDS"]
+__all__ = ["HfAttnConfig", "PRESETS", "ATTENTION_TYPES", "ATTENTION_DESIGNS", "TRUNK_FIELDS"]

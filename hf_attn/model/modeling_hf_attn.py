@@ -173,12 +173,10 @@ class HfAttnModel(HfAttnPreTrainedModel):
 
         # A design without positions keeps no token count: transformers' linear-attention cache layers track none
         past_len = cache.get_seq_length() if cache is not None and self.config.rope_dim else 0
+        given_positions = position_ids is not None
         if position_ids is None:
             # arange(T) + past, not arange(past, total): a tensor length (StaticCache) stays in the graph
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_len).unsqueeze(0)
-            given_positions = False
-        else:
-            given_positions = True
         # Checks that read tensor values would split a compiled graph: the compiled decode step skips them.
         if not torch.compiler.is_compiling():
             # Positions given without a cache (training, padding-free packing) are read; a cached step is
@@ -234,9 +232,9 @@ class HfAttnModel(HfAttnPreTrainedModel):
         """
         if self.config.rope_dim == 0:
             # No position embedding to run out of; but one running state per row, so packed documents
-            # would read each other (transformers detects packing from restarting positions, given with
-            # neither a mask nor a cache, as padding-free collators send them).
-            packed = read_positions and attention_mask is None  # how padding-free collators send them
+            # would read each other. transformers detects packing from restarting positions given with
+            # neither a mask nor a cache, as padding-free collators send them.
+            packed = read_positions and attention_mask is None
             if packed and find_packed_sequence_indices(position_ids) is not None:
                 raise ValueError(
                     f"attention_type={self.config.attention_type!r} keeps one running state per batch row, so a "
