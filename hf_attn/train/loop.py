@@ -73,7 +73,6 @@ from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from ..loading import check_coverage, file_shapes, load_model, read_json_object
 from ..loading import load_tokenizer as load_saved_tokenizer
@@ -82,6 +81,7 @@ from ..model.modeling_hf_attn import HfAttnForCausalLM
 from ..utils import HfAttnError, append_jsonl, check_output_dir, flag, read_jsonl, write_jsonl
 from .data import load_text_splits, pack_splits
 from .evaluation import evaluate_loss, lm_metrics
+from .optim import make_optimizer, make_schedule
 from .options import TrainArgs, build_config
 from .report import plot_losses, write_report
 from .sharding import check_checkpoint_kind, check_launch, consolidated_model, load_sharded, save_sharded, shard_model
@@ -100,6 +100,7 @@ RESUME_KEYS = (
     "batch_size",
     "grad_accum",
     "seed",
+    "optimizer",  # its state in a checkpoint fits only the same optimizer
 )
 # How a write that ran out of disk (or failed otherwise) shows up in safetensors' and torch's errors.
 WRITE_FAILURES = ("No space left", "os error", "I/O error", "inline_container", "PytorchStreamWriter", "write failed")
@@ -211,6 +212,7 @@ def check_resume(args: TrainArgs) -> None:
     if not os.path.isfile(path):
         raise HfAttnError(f"--resume: {path} is missing, so the run's options cannot be compared; nothing was changed")
     saved = read_json_object(path)
+    saved.setdefault("optimizer", "adamw")  # a run from before --optimizer
     given = json.loads(json.dumps(args.record(), default=str))
     differences = []
     for key in RESUME_KEYS:
@@ -295,15 +297,6 @@ def trained_tokenizer(args: TrainArgs, run_dir: str, train_texts, accelerator: A
         return tokenizer
 
 
-def make_optimizer(model, args: TrainArgs) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (linear and embedding weights) only, not on norms (nanoGPT)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2))
-
-
 def initial_model(args: TrainArgs, config: HfAttnConfig) -> HfAttnForCausalLM:
     """A freshly initialised model, or the --init-from model's weights (in float32, for training)."""
     if args.model.init_from is None:
@@ -353,9 +346,7 @@ def setup(args: TrainArgs) -> Run:
     optimizer = make_optimizer(model, args)
     tokens_per_step = args.batch_size * args.grad_accum * accelerator.num_processes * args.block_size
     max_steps = total_steps(args, tokens_per_step)
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, min(args.warmup_steps, max_steps), max_steps, min_lr_rate=args.min_lr_ratio
-    )
+    scheduler = make_schedule(optimizer, args, max_steps)
     train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader(data.validation, batch_size=args.batch_size, shuffle=False)
     # Under --fsdp the sharded model and its optimizer stay torch's own (see `sharding`).

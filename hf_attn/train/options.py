@@ -16,6 +16,7 @@ from ..loading import read_config, read_json_object
 from ..model.configuration_hf_attn import ATTENTION_TYPES, PRESETS, HfAttnConfig
 from ..utils import ABOVE_ZERO, AT_LEAST_ONE, NOT_NEGATIVE, check_options, zero_means
 from .data import CorpusSpec
+from .optim import LR_SCHEDULES, OPTIMIZERS
 
 DEFAULT_PRESET = "small"
 # Fields --config-overrides may change on a model loaded with --init-from: they change no weight's shape.
@@ -78,11 +79,39 @@ class TrainOptions:
     block_size: int = field(default=256, metadata={"help": "tokens per training sequence"})
     batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch, per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "the cosine schedule decays to lr * this"})
+    optimizer: Literal[OPTIMIZERS] = field(
+        default="adamw",
+        metadata={
+            "help": "adamw: AdamW on every parameter; muon: torch.optim.Muon on the decoder layers' 2-D "
+            "matrices (--muon-lr, --muon-weight-decay) and AdamW on embeddings, head, norms and biases "
+            "(--lr, --weight-decay); which parameter goes where: hf_attn.train.optim. Not with --fsdp"
+        },
+    )
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate of AdamW (with muon: of its parameters)"})
+    lr_schedule: Literal[LR_SCHEDULES] = field(
+        default="cosine",
+        metadata={
+            "help": "cosine: warm-up, then cosine decay to lr * min_lr_ratio; wsd: warm-up, stable, then a "
+            "linear decay to lr * min_lr_ratio over the last --decay-fraction of the steps"
+        },
+    )
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "the schedule decays to lr * this"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps; 0: none"})
+    decay_fraction: float = field(default=0.2, metadata={"help": "wsd: the fraction of the steps spent decaying"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices"})
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    muon_lr: float = field(default=0.02, metadata={"help": "muon: peak learning rate of the Muon matrices"})
+    muon_weight_decay: float = field(
+        default=0.0, metadata={"help": "muon: decoupled weight decay of the Muon matrices"}
+    )
+    muon_momentum: float = field(default=0.95, metadata={"help": "muon: Muon's (Nesterov) momentum"})
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = field(
+        default="original",
+        metadata={
+            "help": "muon: torch's per-shape rate scaling; original: sqrt(max(1, rows/cols)) (Jordan); "
+            "match_rms_adamw: 0.2 * sqrt(max(rows, cols)), so AdamW's rate fits (Moonshot)"
+        },
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "accelerate's setting"})
     fsdp: bool = field(
@@ -123,6 +152,11 @@ class TrainOptions:
 
     def __post_init__(self):
         check_options(self, TRAIN_OPTION_RULES)
+        if self.fsdp and self.optimizer == "muon":
+            raise ValueError(
+                "--optimizer muon with --fsdp: FSDP2 shards every matrix over the processes and Muon "
+                "orthogonalizes whole matrices; use --optimizer adamw with --fsdp, or Muon without --fsdp (DDP)"
+            )
 
 
 # What each number may be; 0 is accepted only where the help says what it means.
@@ -134,6 +168,10 @@ TRAIN_OPTION_RULES = {
     "lr": ABOVE_ZERO,
     "min_lr_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1"),
     "warmup_steps": zero_means("none"),
+    "decay_fraction": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
+    "muon_lr": ABOVE_ZERO,
+    "muon_weight_decay": NOT_NEGATIVE,
+    "muon_momentum": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "weight_decay": NOT_NEGATIVE,
     "beta2": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "max_grad_norm": ABOVE_ZERO,
