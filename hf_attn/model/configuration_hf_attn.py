@@ -117,6 +117,10 @@ class HfAttnConfig(PreTrainedConfig):
     rope_parameters: dict | None = None
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    # Start each residual branch's last projection (attention's o_proj, the MLP's down_proj) at zero, so
+    # every layer begins as the identity (modded-nanogpt's speedrun; Fixup, Zhang et al. 2019). It
+    # changes the initialisation only, never the architecture or a loaded checkpoint.
+    zero_init_output_projections: bool = False
     tie_word_embeddings: bool = False
     use_cache: bool = True
     attention_bias: bool = False

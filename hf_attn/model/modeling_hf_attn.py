@@ -84,6 +84,10 @@ class HfAttnDecoderLayer(GradientCheckpointingLayer):
         self.mlp = HfAttnMLP(config)
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        # what `zero_init_output_projections` zeroes: each branch's last projection, read by `_init_weights`
+        # (the layer itself owns no parameter, so transformers never passes it to `_init_weights`)
+        for linear in (self.self_attn.o_proj, self.mlp.down_proj):
+            linear.ends_residual_branch = True
 
     def forward(
         self,
@@ -128,6 +132,8 @@ class HfAttnPreTrainedModel(PreTrainedModel):
             init.copy_(module.feature_seed, torch.tensor(module.layer_seed))
             init.zeros_(module.forward_steps)
             init.copy_(module.projection, module.draw_features(module.layer_seed, draw=0))
+        if getattr(module, "ends_residual_branch", False) and self.config.zero_init_output_projections:
+            init.zeros_(module.weight)
 
 
 class HfAttnModel(HfAttnPreTrainedModel):
