@@ -346,3 +346,8 @@ if __name__ == "__main__":
         json.dumps({"steps": [r["step"] for r in log], "train_loss": [r["train_loss"] for r in log]}, indent=1) + "\n"
     )
     print(f"wrote {GOLDEN}")
+
+
+def test_sample_tokens_zero_reports_the_prompt_alone(tmp_path):
+    result = train(tiny_args(tmp_path / "run", max_steps=2, eval_every=0, sample_tokens=0, sample_prompt="The "))
+    assert result["sample"] == "The "

@@ -758,14 +758,16 @@ def generate_sample(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
     if ids.shape[1] == 0:
         ids = torch.tensor([[tokenizer.eos_token_id]], device=model.device)
-    room = model.config.max_position_embeddings - ids.shape[1]
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max(0, min(max_new_tokens, room)),
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    new_tokens = max(0, min(max_new_tokens, model.config.max_position_embeddings - ids.shape[1]))
+    out = ids  # 0 new tokens: the prompt alone (transformers' generate refuses max_new_tokens=0)
+    if new_tokens:
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     if was_training:
         model.train()
     return tokenizer.decode(out[0], skip_special_tokens=False)
