@@ -1,10 +1,13 @@
-"""The architecture options of the short-run recipe (docs/recipe): zero-initialised output projections."""
+"""The short-run recipe (docs/recipe): zero-initialised output projections; the ablation's and race's bookkeeping."""
 
 import pytest
 import torch
 
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
+from hf_attn.cli.base import parse
 from hf_attn.model.configuration_hf_attn import ATTENTION_TYPES
+from hf_attn.tools.benchmarks.recipe import CHANGES, Recipe, chosen_changes, goal_lines
+from hf_attn.train import CorpusSpec, ModelOptions, TrainOptions
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
@@ -37,3 +40,40 @@ def test_zero_init_leaves_a_loaded_checkpoint_alone(tmp_path):
     for a, b in zip(model.parameters(), loaded.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert loaded.config.zero_init_output_projections is True
+
+
+# ---------------------------------------------------------------- the ablation's and the race's bookkeeping
+
+
+def test_a_change_adds_flags_and_overrides_to_the_recipe():
+    zero = chosen_changes(["zero-init"])[0]
+    recipe = Recipe().with_change(chosen_changes(["optimizer muon"])[0]).with_change(zero)
+    argv = recipe.argv()
+    assert argv[argv.index("--optimizer") + 1] == "muon"
+    overrides = argv[argv.index("--config-overrides") + 1]
+    assert overrides.endswith(",zero_init_output_projections=true") and overrides.startswith("hidden_size=128,")
+    assert Recipe().cost_key() != recipe.cost_key()  # another optimizer: another probe
+    assert Recipe().with_change(chosen_changes(["wsd schedule"])[0]).cost_key() == Recipe().cost_key()
+    assert [c.name for c in chosen_changes(None)] == [c.name for c in CHANGES]
+    with pytest.raises(ValueError, match="--changes: \\['qk-norm'\\]"):
+        chosen_changes(["qk-norm"])
+
+
+def test_every_change_parses_as_hf_attn_train_flags():
+    for change in CHANGES:
+        model, _, options = parse([ModelOptions, CorpusSpec, TrainOptions], Recipe().with_change(change).argv())
+        HfAttnConfig.from_preset("tiny", **model.overrides())
+        for flag, value in change.flags.items():
+            given = getattr(options, flag[2:].replace("-", "_"))
+            assert given == (type(given)(value) if isinstance(given, (int, float)) else value), flag
+
+
+def test_goals_are_marked_from_the_numbers():
+    lines = goal_lines(60, {"val_bits_per_char": 2.44, "train_s": 59.0}, memory_ratio=1.6)
+    assert lines == [
+        "- <= 2.45 bits/char within 60 s of training: met (2.4400 in 59.0 s)",
+        "- <= 2.2 bits/char within 600 s of training: missed (2.4400 in 59.0 s)",
+        "- peak memory <= 1.5x nanoGPT's: missed (1.60x)",
+    ]
+    assert "missed" in goal_lines(60, {"val_bits_per_char": 2.44, "train_s": 61.0}, 1.0)[0]  # over the time
+    assert len(goal_lines(600, {"val_bits_per_char": 2.1, "train_s": 500.0}, 1.0)) == 2  # 60 s: not judged
