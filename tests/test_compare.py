@@ -279,3 +279,26 @@ def test_merging_one_folder_per_seed_gives_the_same_summary(sweep_run, tmp_path)
     (other / "compare_args.json").write_text(json.dumps(changed))
     with pytest.raises(ValueError, match="differs from .* in 'lr'"):
         merge_comparisons([folders[0], str(other)], str(tmp_path / "mismatch"))
+
+
+def test_probes_and_verdicts_are_reported_from_results_json(quick_run):
+    out, _, results = quick_run
+    report = (out / "report.md").read_text()
+    summary = {v["variant"]: v for v in results["summary"]["variants"]}
+    for r in results["runs"][:6]:
+        probes = r["probes"]
+        assert [(b["from"], b["to"]) for b in probes["position_loss"]] == [(0, 2), (2, 8), (8, 32)]
+        assert [c["distance"] for c in probes["copy"]] == [4, 16]  # inside and past the window of 8
+        assert r["short_context_loss"] == probes["position_loss"][0]["loss"]
+        assert r["copy_loss_far"] == probes["copy"][-1]["second_copy_loss"]
+        row = next(line for line in report.splitlines() if line.startswith(f"| {r['variant']} | ") and "–" not in line)
+        losses = [f"{b['loss']:.4f}" for b in probes["position_loss"]]
+        assert f"| {r['variant']} | {' | '.join(losses)} |" in report, row
+        assert summary[r["variant"]]["position_loss"] == probes["position_loss"]  # one seed: the mean is the run
+    verdicts = report[report.index("## Verdicts against MHA") : report.index("## Context")]
+    swa = summary["swa"]["axes"]["far_position_loss"]["paired_vs_mha"]
+    assert swa["mean"] == pytest.approx(
+        results["runs"][4]["far_position_loss"] - results["runs"][0]["far_position_loss"]
+    )
+    assert f"{swa['mean']:+.4f} (one seed)" in verdicts
+    assert (out / "loss_by_position.png").stat().st_size > 10_000 and "](loss_by_position.png)" in report

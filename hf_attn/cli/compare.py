@@ -45,6 +45,8 @@ def parse_compare_args(argv: list[str]) -> CompareArgs:
         sweep=compare.sweep,
         decode_context=compare.decode_context,
         decode_steps=compare.decode_steps,
+        probe_blocks=compare.probe_blocks,
+        mqar_results=compare.mqar_results,
         command=" ".join(["hf-attn-compare", *argv]).strip(),
     )
 

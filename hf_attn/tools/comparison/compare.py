@@ -51,6 +51,7 @@ from ...model.attention_utils import register_attention_design
 from ...model.configuration_hf_attn import ATTENTION_DESIGNS, HfAttnConfig
 from ...train.options import DEFAULT_PRESET, ModelOptions, TrainArgs, format_overrides, parse_overrides
 from ...utils import AT_LEAST_ONE, cache_bytes, check_options, environment, prepare_output_dir, zero_means
+from .probes import probe_model
 from .report import comparison_table, write_comparison_report
 from .stats import frontier_of, summarize
 from .sweep import sweep_variants
@@ -115,13 +116,14 @@ SHORT_NAMES = {
 }
 
 
-# The comparison's budget, in place of the training defaults (about 13 minutes on 2 CPU cores for the
-# six designs). Evaluating every 50 steps instead of 25 draws the curve from 4 points and saves about
-# 4 evaluations of 10 batches per variant; the final evaluation, the one the tables report, is unchanged.
+# The comparison's budget, in place of the training defaults. Blocks of 512 tokens, where the caches differ
+# (the window is block/4 = 128 tokens), at the token budget the 128-token job had: batch 4 x 512 = 2,048
+# tokens a step, 200 steps. Evaluating every 50 steps draws the curve from 4 points; the final evaluation,
+# the one the tables report, covers 10 batches.
 DEFAULTS = dict(
     output_dir="runs/compare",
-    block_size=128,
-    batch_size=16,
+    block_size=512,
+    batch_size=4,
     lr=2e-3,
     warmup_steps=30,
     max_tokens=409_600,
@@ -143,6 +145,7 @@ QUICK = dict(
     eval_batches=2,
     decode_context=64,
     decode_steps=4,
+    probe_blocks=4,
     sample_tokens=8,
 )
 
@@ -178,6 +181,17 @@ class CompareOptions:
     )
     decode_context: int = field(default=2048, metadata={"help": "context of the decode-speed measurement; 0 skips it"})
     decode_steps: int = field(default=16, metadata={"help": "decode steps timed"})
+    probe_blocks: int = field(
+        default=32,
+        metadata={
+            "help": "validation blocks for the loss by position and the copy probe "
+            "(hf_attn/tools/comparison/probes.py); 0 skips both"
+        },
+    )
+    mqar_results: str | None = field(
+        default=None,
+        metadata={"help": "an hf-attn-mqar results.json whose recall accuracy the report's verdicts include"},
+    )
     quick: bool = field(default=False, metadata={"help": "seconds-long settings (tiny preset) for tests"})
     merge: list[str] | None = field(
         default=None,
@@ -188,7 +202,14 @@ class CompareOptions:
     )
 
     def __post_init__(self):
-        check_options(self, {"decode_context": zero_means("skipped"), "decode_steps": AT_LEAST_ONE})
+        check_options(
+            self,
+            {
+                "decode_context": zero_means("skipped"),
+                "decode_steps": AT_LEAST_ONE,
+                "probe_blocks": zero_means("skipped"),
+            },
+        )
 
 
 @dataclass
@@ -204,6 +225,8 @@ class CompareArgs:
     sweep: bool = False
     decode_context: int = 2048
     decode_steps: int = 16
+    probe_blocks: int = 32
+    mqar_results: str | None = None
     command: str = ""
 
     @property
@@ -353,6 +376,7 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, see
     block = args.train.block_size
     cache = measure_kv_cache(model, prompt_len=block - 7, new_tokens=8)  # the cache holds `block` tokens
     decode = decode_tokens_per_s(model, args.decode_context, args.decode_steps) if args.decode_context else None
+    probes = probe_variant(args, model) if args.probe_blocks else {}
     measure_s = time.perf_counter() - measure_start
     config = {k: getattr(model.config, k, None) for k in recorded_fields()}
     return {
@@ -374,8 +398,29 @@ def run_variant(args: CompareArgs, spec: str, overrides: dict, out_dir: str, see
         **{k: v for k, v in cache.items() if k not in ("kv_cache_tokens", "kv_cache_bytes", "kv_cache_formula_bytes")},
         "decode_context": args.decode_context,
         "decode_tokens_per_s": decode,
+        **probes,
         **training_fields(result, measure_s),
         "config": {**config, "seed": seed},
+    }
+
+
+def probe_variant(args: CompareArgs, model) -> dict:
+    """Loss by position and the copy probe (`probes`) on the first `probe_blocks` validation blocks, and
+    the numbers the verdicts compare: the first and last position buckets, the copies near and far."""
+    from ...loading import load_tokenizer
+    from ...train.data import build_lm_data
+
+    block = args.train.block_size
+    data = build_lm_data(args.train.corpus, load_tokenizer(args.train.tokenizer), block)
+    blocks = data.validation["input_ids"][: args.probe_blocks]  # (N, block), the same for every variant
+    probes = probe_model(model, blocks, block, batch_size=args.train.batch_size)
+    buckets, copies = probes["position_loss"], probes["copy"]
+    return {
+        "probes": {**probes, "blocks": len(blocks)},
+        "short_context_loss": buckets[0]["loss"],
+        "far_position_loss": buckets[-1]["loss"],
+        "copy_loss_near": copies[0]["second_copy_loss"],
+        "copy_loss_far": copies[-1]["second_copy_loss"],
     }
 
 

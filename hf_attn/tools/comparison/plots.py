@@ -181,7 +181,43 @@ def _cache_axes(ax, ok: list[dict], block_size: int, frontier: list[str] | None)
 
 
 def save_plots(output_dir: str, runs: list[dict], summary: dict, block_size: int) -> list[str]:
-    """bpc_vs_tokens.png and quality_vs_kv_cache.png for the comparison; the file names."""
+    """bpc_vs_tokens.png, quality_vs_kv_cache.png and, with the probes, loss_by_position.png; the file names."""
     plot_curves(os.path.join(output_dir, "bpc_vs_tokens.png"), runs)
     plot_quality_vs_cache(os.path.join(output_dir, "quality_vs_kv_cache.png"), summary["variants"], block_size)
-    return ["bpc_vs_tokens.png", "quality_vs_kv_cache.png"]
+    names = ["bpc_vs_tokens.png", "quality_vs_kv_cache.png"]
+    if plot_position_loss(os.path.join(output_dir, "loss_by_position.png"), summary["variants"]):
+        names.append("loss_by_position.png")
+    return names
+
+
+def plot_position_loss(path: str, variants: list[dict]) -> dict[str, list[float]]:
+    """Validation loss by token-position bucket, a line per design (mean over seeds); x: the buckets'
+    upper edges on a log scale. Returns {variant: losses} read back from the lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = {}
+    for v in variants:
+        if v["status"] != "ok" or not v.get("position_loss"):
+            continue
+        buckets = v["position_loss"]
+        (line,) = ax.plot([b["to"] for b in buckets], [b["loss"] for b in buckets], marker="o", label=v["variant"])
+        drawn[v["variant"]] = [float(y) for y in line.get_ydata()]
+        ax.set_xticks([b["to"] for b in buckets], [f"{b['from']}–{b['to']}" for b in buckets])
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    title = "Loss by position: what each design gains from context further back"
+    xlabel = "position of the predicted token in the block"
+    save_line_plot(fig, ax, path, xlabel, "validation loss (nats/token)", title)
+    return drawn
+
+
+def save_line_plot(fig, ax, path: str, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid and legend a one-panel line plot, save it as `path` and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)

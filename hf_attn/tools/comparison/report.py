@@ -6,6 +6,7 @@ Every number printed here is read from the run records (results.json "runs") or 
 
 from __future__ import annotations
 
+import json
 import os
 
 from ...model.configuration_hf_attn import HfAttnConfig
@@ -254,6 +255,14 @@ def sweep_section(output_dir: str, summary: dict, frontier: list[str], block_siz
     ]
 
 
+def load_mqar_summary(path: str | None) -> dict | None:
+    """The summary of an hf-attn-mqar results.json, for the verdicts; None without a path."""
+    if not path:
+        return None
+    with open(path) as f:
+        return json.load(f)["summary"]
+
+
 def write_comparison_report(
     output_dir: str, results: dict, args: dict, env: dict, wall_s: float, frontier: list[str] | None = None
 ) -> None:
@@ -266,10 +275,12 @@ def write_comparison_report(
         "Attention designs: the cache-size sweep" if frontier is not None else "Attention variants on the same budget"
     )
     parts = header(args, env, wall_s, title) + [DIMS_RULE, ""]
+    parts += verdicts_section(summary, load_mqar_summary(args.get("mqar_results")))
     if frontier is not None:
         parts += sweep_section(output_dir, summary, frontier, block)
     if len(summary["seeds"]) > 1:
         parts += seeds_section(summary)
+    parts += probes_section(summary)
     if len(summary["seeds"]) > 1 or frontier is not None:
         parts += ["## Runs", ""]
     parts += [
@@ -298,7 +309,7 @@ def write_comparison_report(
             "llrrl",
         ),
         "",
-        *(f"![{p}]({p})" for p in plots),
+        *(f"![{p}]({p})" for p in plots if p != "loss_by_position.png"),
         "",
         "Where the time went (seconds):",
         "",
@@ -321,3 +332,122 @@ def samples_section(runs: list[dict], prompt: str) -> list[str]:
         if r["status"] != "ok":
             parts += [f"**{r['variant']} failed** (seed {r['seed']})", "", "```", r["error"], "```", ""]
     return parts
+
+
+def probes_section(summary: dict) -> list[str]:
+    """Loss by position (table and plot) and the copy probe, per design as means over seeds."""
+    ok = [v for v in summary["variants"] if v["status"] == "ok" and v.get("position_loss")]
+    if not ok:
+        return []
+    buckets, copies = ok[0]["position_loss"], ok[0]["copy"]
+    headers = ["variant", *(f"positions {b['from']}–{b['to']}" for b in buckets), "last minus first"]
+    rows = [
+        [v["variant"], *(f"{b['loss']:.4f}" for b in v["position_loss"])]
+        + [f"{v['position_loss'][-1]['loss'] - v['position_loss'][0]['loss']:+.4f}"]
+        for v in ok
+    ]
+    copy_headers = ["variant"]
+    for c in copies:
+        copy_headers += [f"d={c['distance']}: first copy", "second copy", "ratio"]
+    copy_rows = [
+        [v["variant"], *(f"{c[k]:.3f}" for c in v["copy"] for k in ("first_copy_loss", "second_copy_loss", "ratio"))]
+        for v in ok
+    ]
+    seeds = max(v["n_seeds"] for v in ok)
+    return [
+        "## Context: loss by position and copying",
+        "",
+        f"Validation loss (nats/token) of the predicted token by its position in the block, on the first "
+        f"validation blocks (the same for every design), mean over {seeds} seed(s):",
+        "",
+        markdown_table(headers, rows, "l" + "r" * (len(headers) - 1)),
+        "",
+        "![loss_by_position.png](loss_by_position.png)",
+        "",
+        "Copy probe: each block's first d tokens (a held-out passage), then the same d tokens again. Loss on "
+        "the first copy and on the second; ratio = second / first (1: the model does not copy; near 0: it "
+        f"copies from d tokens back). d = {', '.join(str(c['distance']) for c in copies)}: shorter and longer "
+        "than swa's window.",
+        "",
+        markdown_table(copy_headers, copy_rows, "l" + "r" * (len(copy_headers) - 1)),
+        "",
+    ]
+
+
+# The verdict table's axes: (title, the record field in `stats.AXES`, its number format).
+VERDICT_AXES = (
+    ("short-context loss", "short_context_loss", "+.4f"),
+    ("far-position loss", "far_position_loss", "+.4f"),
+    ("copy loss past the window", "copy_loss_far", "+.4f"),
+    ("decode tokens/s", "decode_tokens_per_s", "+,.1f"),
+)
+
+
+def _axis_cell(axis: dict | None, spec: str) -> str:
+    """'+0.0123 [-0.0100, +0.0346] within the seed spread', or the difference alone for one seed."""
+    paired = (axis or {}).get("paired_vs_mha")
+    if paired is None:
+        return "—"
+    if paired["low"] is None:
+        return f"{format(paired['mean'], spec)} (one seed)"
+    interval = f"[{format(paired['low'], spec)}, {format(paired['high'], spec)}]"
+    return f"{format(paired['mean'], spec)} {interval} {paired['verdict'].replace(' than MHA', '')}"
+
+
+def _reference_cell(axis: dict | None, spec: str) -> str:
+    return "—" if axis is None else format(axis["mean"], spec.lstrip("+"))
+
+
+def mqar_headline(mqar: dict | None, variant: str) -> str:
+    """The MQAR benchmark's hardest cell (most pairs at the longest length) for `variant`: its accuracy
+    and, against MHA, the paired difference with the interval."""
+    if mqar is None:
+        return "—"
+    by_name = {v["variant"]: v for v in mqar["variants"] if v["status"] == "ok"}
+    if variant not in by_name:
+        return "—"
+    v = by_name[variant]
+    cell = max(mqar["cells"], key=lambda c: (int(c.split("x")[1]), int(c.split("x")[0])))
+    paired = v["vs_mha"].get(cell)
+    text = f"{v['accuracy'][cell]:.3f} at {cell}"
+    if paired is None:
+        return text
+    if paired["low"] is None:
+        return f"{text}, {paired['mean']:+.3f} (one seed)"
+    verdict = paired["verdict"].replace(" than MHA", "")
+    return f"{text}, {paired['mean']:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}] {verdict}"
+
+
+def verdicts_section(summary: dict, mqar: dict | None = None) -> list[str]:
+    """Per design against MHA on every axis: the paired per-seed difference with its 95% interval and
+    the verdict (`stats.axis_verdict`), bits/char, the cache as a share of MHA's, and MQAR recall."""
+    ok = [v for v in summary["variants"] if v["status"] == "ok"]
+    reference = next((v for v in ok if v["variant"] == summary["reference"]), None)
+    if reference is None:
+        return []
+    headers = ["variant", "val bits/char", *(title for title, _, _ in VERDICT_AXES), "cache at block vs MHA"]
+    headers.append("MQAR recall (hardest cell)")
+    rows = []
+    for v in ok:
+        is_ref = v["variant"] == summary["reference"]
+        bpc = "reference" if is_ref else _difference(v["paired_vs_mha"]) + " " + v["paired_vs_mha"]["verdict"]
+        cells = [
+            _reference_cell(v["axes"].get(key), spec) if is_ref else _axis_cell(v["axes"].get(key), spec)
+            for _, key, spec in VERDICT_AXES
+        ]
+        share = f"{v['kv_cache_bytes_at_block'] / reference['kv_cache_bytes_at_block']:.3f}"
+        rows.append([v["variant"], bpc, *cells, share, mqar_headline(mqar, v["variant"])])
+    return [
+        "## Verdicts against MHA",
+        "",
+        "The MHA row gives its own values; every other row the design minus MHA, mean [95% t-interval] of the "
+        "paired per-seed differences, and 'better'/'worse' when the interval excludes 0 (lower loss, higher "
+        "speed and accuracy are better). Short-context loss: positions of the first bucket; far-position loss: "
+        "the last bucket; copy loss: the second copy at the longest distance (see the probe below); cache: "
+        "bytes at the block length over MHA's; MQAR: the hf-attn-mqar benchmark's results"
+        + (" (not given: `--mqar-results`)" if mqar is None else "")
+        + ".",
+        "",
+        markdown_table(headers, rows, "l" * 2 + "r" * (len(headers) - 2)),
+        "",
+    ]

@@ -97,10 +97,13 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], points[i][1], i))
 
 
-def paired_differences(runs: list[dict], variant: str, reference: str = REFERENCE) -> dict | None:
-    """Per seed, `variant`'s final bits/char minus `reference`'s, over the seeds where both finished."""
-    ours = _bpc_by_seed(runs, variant)
-    theirs = _bpc_by_seed(runs, reference)
+def paired_differences(
+    runs: list[dict], variant: str, reference: str = REFERENCE, metric: str = "val_bits_per_char"
+) -> dict | None:
+    """Per seed, `variant`'s `metric` (final bits/char by default) minus `reference`'s, over the seeds
+    where both finished and recorded it."""
+    ours = _metric_by_seed(runs, variant, metric)
+    theirs = _metric_by_seed(runs, reference, metric)
     seeds = sorted(set(ours) & set(theirs))
     if variant == reference or not seeds:
         return None
@@ -115,8 +118,12 @@ def paired_differences(runs: list[dict], variant: str, reference: str = REFERENC
     }
 
 
-def _bpc_by_seed(runs: list[dict], variant: str) -> dict[int, float]:
-    return {r["seed"]: r["val_bits_per_char"] for r in runs if r["variant"] == variant and r["status"] == "ok"}
+def _metric_by_seed(runs: list[dict], variant: str, metric: str) -> dict[int, float]:
+    return {
+        r["seed"]: r[metric]
+        for r in runs
+        if r["variant"] == variant and r["status"] == "ok" and r.get(metric) is not None
+    }
 
 
 def summarize_variant(runs: list[dict], variant: str) -> dict:
@@ -154,7 +161,62 @@ def summarize_variant(runs: list[dict], variant: str) -> dict:
         "decode_tokens_per_s": _mean_or_none([r.get("decode_tokens_per_s") for r in ok]),
         "peak_train_memory_bytes": max(r["peak_train_memory_bytes"] for r in ok),
         "paired_vs_mha": paired_differences(runs, variant),
+        "axes": axes_vs_reference(runs, variant),
+        **probe_means(ok),
     }
+
+
+def probe_means(ok: list[dict]) -> dict:
+    """The probes' numbers averaged over a variant's seeds: loss per position bucket, losses per copy distance."""
+    probed = [r["probes"] for r in ok if r.get("probes")]
+    if not probed:
+        return {}
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    buckets = [
+        {**b, "loss": mean([p["position_loss"][i]["loss"] for p in probed])}
+        for i, b in enumerate(probed[0]["position_loss"])
+    ]
+    keys = ("first_copy_loss", "second_copy_loss", "ratio")
+    copies = [
+        {**c, **{k: mean([p["copy"][i][k] for p in probed]) for k in keys}} for i, c in enumerate(probed[0]["copy"])
+    ]
+    return {"position_loss": buckets, "copy": copies}
+
+
+# The axes of the report's verdicts beside bits/char: the run record's field, and which way is better.
+# Loss by position and copying: `probes`; decode speed: `compare.decode_tokens_per_s`.
+AXES = {
+    "short_context_loss": "lower",
+    "far_position_loss": "lower",
+    "copy_loss_far": "lower",
+    "decode_tokens_per_s": "higher",
+}
+
+
+def axis_verdict(interval: dict | None, better: str) -> str:
+    """'better than MHA', 'worse than MHA' or 'within the seed spread' by the 95% interval of the paired
+    differences (design minus MHA) and the direction that is better; 'one seed: no interval' for n = 1."""
+    if interval is None or interval["low"] is None:
+        return "one seed: no interval"
+    if interval["high"] < 0 or interval["low"] > 0:
+        lower = interval["high"] < 0
+        return "better than MHA" if lower == (better == "lower") else "worse than MHA"
+    return "within the seed spread"
+
+
+def axes_vs_reference(runs: list[dict], variant: str, axes: dict[str, str] | None = None) -> dict:
+    """Per axis (`AXES` by default): the variant's mean over seeds and its paired difference to MHA
+    with the interval and the verdict; axes the runs did not record are left out."""
+    out = {}
+    for metric, better in (AXES if axes is None else axes).items():
+        values = list(_metric_by_seed(runs, variant, metric).values())
+        if not values:
+            continue
+        paired = paired_differences(runs, variant, metric=metric)
+        if paired is not None:
+            paired["verdict"] = axis_verdict(paired, better)
+        out[metric] = {"mean": mean_std(values)[0], "better": better, "paired_vs_mha": paired}
+    return out
 
 
 def _mean_or_none(values: list) -> float | None:
