@@ -107,6 +107,13 @@ def check_compare(trained, tmp_path):
     assert [r["status"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["ok"]
 
 
+def check_mqar(trained, tmp_path):
+    out = tmp_path / "mqar"
+    proc = run("hf-attn-mqar", "--quick", "--variants", "mha", "--seeds", "0", "--no-progress", "--output-dir", out)
+    assert f"report: {out}/report.md" in proc.stdout
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["ok"]
+
+
 def check_demo(trained, tmp_path):
     # Serving blocks until interrupted (tests/test_demo.py drives the page); --help is its path to status 0.
     proc = run("hf-attn-demo", "--help")
@@ -122,6 +129,7 @@ CASES = {
     "hf-attn-push-to-hub": check_push_to_hub,
     "hf-attn-train-tokenizer": check_train_tokenizer,
     "hf-attn-compare": check_compare,
+    "hf-attn-mqar": check_mqar,
     "hf-attn-demo": check_demo,
 }
 
