@@ -24,7 +24,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.model.attention_utils import apply_rotary
-from hf_attn.tools.export.gguf import export_gguf, llama_cpp_greedy, load_llama_cpp, rope_rows_to_pairs
+from hf_attn.tools.export.gguf import (
+    export_gguf,
+    llama_cpp_greedy,
+    llama_cpp_sequences_context,
+    llama_cpp_sequences_decode,
+    load_llama_cpp,
+    rope_rows_to_pairs,
+)
 from hf_attn.train.data import default_corpus_documents
 from hf_attn.utils import HfAttnError
 
@@ -337,3 +344,32 @@ def test_unsupported_tokenizers_and_models_are_refused(tokenizer, tmp_path):
     with pytest.raises(HfAttnError, match="needs an HfAttnForCausalLM, got LlamaForCausalLM"):
         export_gguf(llama, tmp_path / "out.gguf", tokenizer=tokenizer)
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("flash_attn", ["auto", "off"])
+@pytest.mark.parametrize("attention_type", ["gqa", "mla"])
+def test_sequences_decode_continues_the_prompt_in_every_sequence(loaded, trained, tokenizer, attention_type, flash_attn):  # noqa: E501
+    """The decode benchmark's batch: one prefilled sequence copied to the others, one KV stream each.
+
+    Every sequence's greedy tokens equal transformers' continuation of the prompt, at batch 1 and batch 3.
+    """
+    import llama_cpp
+
+    llm, _ = loaded(attention_type, "trained")
+    prompt = PROMPTS[1]
+    expected, gap = transformers_greedy(trained[attention_type], tokenizer, prompt)
+    assert gap > 2 * LOGITS_ATOL
+    ctx, kv = llama_cpp_sequences_context(llm, 256, 3, threads=1, flash_attn=flash_attn, kv_dtype="f32")
+    try:
+        out = llama_cpp_sequences_decode(ctx, tokenizer(prompt).input_ids, 3, 8, llm.n_vocab())
+    finally:
+        llama_cpp.llama_free(ctx)
+    per_token = trained[attention_type].config.kv_cache_elements_per_token * 4  # f32, every layer
+    logged_rounding = 2 * 0.005 * 2**20  # K and V are logged in MiB with two decimals
+    assert kv["k_bytes"] + kv["v_bytes"] == pytest.approx(3 * kv["cells"] * per_token, abs=logged_rounding)
+    for rows in (1, 3):
+        steps = out[f"tokens_batch_{rows}"]
+        assert all(len(step) == rows for step in steps)
+        for row in range(rows):
+            assert [out["first_token"], *(step[row] for step in steps)] == expected[:9], (rows, row)

@@ -363,9 +363,29 @@ def load_llama_cpp(
     llama-cpp-python turns flash attention off unless asked; llama-cli and llama-server default to
     "auto", which turns it on for the CPU.
     """
+    llama_cpp = _require("llama_cpp", "llama-cpp-python")
+    ggml_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_dtype]
+    with _llama_log() as lines, _without_amx_buffers():
+        llm = llama_cpp.Llama(
+            str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            type_k=ggml_type,
+            type_v=ggml_type,
+            logits_all=logits_all,
+            flash_attn=flash_attn,
+            verbose=False,
+        )
+    return llm, _logged_kv(lines, path)
+
+
+@contextlib.contextmanager
+def _llama_log():
+    """llama.cpp's log lines while the block runs (then its log goes back to llama-cpp-python's logger)."""
     import ctypes
 
-    llama_cpp = _require("llama_cpp", "llama-cpp-python")
+    import llama_cpp
 
     lines: list[str] = []
 
@@ -373,30 +393,47 @@ def load_llama_cpp(
     def collect(level, text, user_data):
         lines.append(text.decode("utf-8", "replace"))
 
-    ggml_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_dtype]
     llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
     try:
-        with _without_amx_buffers():
-            llm = llama_cpp.Llama(
-                str(path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                type_k=ggml_type,
-                type_v=ggml_type,
-                logits_all=logits_all,
-                flash_attn=flash_attn,
-                verbose=False,
-            )
+        yield lines
     finally:
         llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _logged_kv(lines: list[str], path) -> dict:
+    """The KV cache sizes of llama.cpp's log line: {"k_bytes", "v_bytes", "k_type", "v_type", "cells"}."""
     match = _KV_LOG.search("".join(lines))
     if match is None:
         raise HfAttnError(f"{path}: llama.cpp logged no KV cache size")
     cells, k_type, k_mib, v_type, v_mib = match.groups()
     kv = {"k_bytes": float(k_mib) * 2**20, "v_bytes": float(v_mib) * 2**20, "k_type": k_type, "v_type": v_type}
     kv["cells"] = int(cells)  # token slots: n_ctx rounded up to llama.cpp's padding
-    return llm, kv
+    return kv
+
+
+def llama_cpp_sequences_context(
+    llm, context: int, sequences: int, threads: int, flash_attn: str = "auto", kv_dtype: str = "f16"
+):
+    """A second llama.cpp context on `llm`'s weights with `sequences` separate KV streams of `context` slots.
+
+    Each sequence gets a cache of its own (`kv_unified=False`), as independent requests in a server do.
+    `flash_attn` is "auto" (llama-cli's and llama-server's default: on for the CPU) or "off". Returns the
+    context pointer (free it with `llama_free`) and the logged KV sizes: the bytes of all streams together,
+    the cells of one.
+    """
+    import llama_cpp
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_seq_max, params.kv_unified = context * sequences, sequences, False
+    params.n_batch = params.n_ubatch = 512
+    params.n_threads = params.n_threads_batch = threads
+    params.flash_attn_type = {"auto": -1, "off": 0}[flash_attn]
+    params.type_k = params.type_v = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_dtype]
+    with _llama_log() as lines:
+        ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    if not ctx:
+        raise HfAttnError(f"llama.cpp could not create a context of {sequences} x {context} tokens")
+    return ctx, _logged_kv(lines, llm.model_path)
 
 
 def _cpu_has_amx() -> bool:
@@ -466,3 +503,66 @@ def last_logits(llm) -> np.ndarray:
     import llama_cpp
 
     return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+
+
+def _fill_batch(batch, tokens: list[int], positions: list[int], sequences: list[int], logits: list[bool]) -> None:
+    batch.n_tokens = len(tokens)
+    for i, (token, pos, seq, want) in enumerate(zip(tokens, positions, sequences, logits)):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, want
+        batch.seq_id[i][0] = seq
+
+
+def _decode(ctx, batch) -> None:
+    import llama_cpp
+
+    status = llama_cpp.llama_decode(ctx, batch)
+    if status != 0:
+        raise HfAttnError(f"llama_decode failed with status {status}")
+
+
+def _argmax_logits(ctx, rows: list[int], vocab_size: int) -> list[int]:
+    """The greedy token at each of `rows`, positions in the last batch (negative: from its end)."""
+    import llama_cpp
+
+    return [
+        int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(vocab_size,))))
+        for i in rows
+    ]
+
+
+def llama_cpp_sequences_decode(ctx, prompt_ids: list[int], sequences: int, steps: int, vocab_size: int) -> dict:
+    """Prefill `prompt_ids` as sequence 0, copy its cache to sequences 1.., then time greedy steps.
+
+    The batch-1 steps run first, on sequence 0 alone (then removed from its cache); the batch steps then
+    decode one token per sequence per call, as a server's continuous batch does. Returns the seconds of
+    the prefill and of each decode, the greedy token after the prompt, and each decode's tokens (steps x rows).
+    """
+    import llama_cpp
+
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+    memory = llama_cpp.llama_get_memory(ctx)
+    n = len(prompt_ids)
+    try:
+        start = time.perf_counter()
+        for first in range(0, n, 512):
+            chunk = prompt_ids[first : first + 512]
+            positions = list(range(first, first + len(chunk)))
+            _fill_batch(batch, chunk, positions, [0] * len(chunk), [p == n - 1 for p in positions])
+            _decode(ctx, batch)
+        token = _argmax_logits(ctx, [-1], vocab_size)[0]
+        out = {"prefill_seconds": time.perf_counter() - start, "first_token": token}
+        for rows in dict.fromkeys((1, sequences)):
+            if rows > 1:
+                llama_cpp.llama_memory_seq_rm(memory, 0, n, -1)
+                for seq in range(1, rows):
+                    llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
+            tokens, start = [[token] * rows], time.perf_counter()
+            for step in range(steps):
+                _fill_batch(batch, tokens[-1], [n + step] * rows, list(range(rows)), [True] * rows)
+                _decode(ctx, batch)
+                tokens.append(_argmax_logits(ctx, list(range(rows)), vocab_size))
+            out[f"decode_seconds_batch_{rows}"] = time.perf_counter() - start
+            out[f"tokens_batch_{rows}"] = tokens[1:]
+        return out
+    finally:
+        llama_cpp.llama_batch_free(batch)
