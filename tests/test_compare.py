@@ -289,6 +289,7 @@ def test_probes_and_verdicts_are_reported_from_results_json(quick_run):
         probes = r["probes"]
         assert [(b["from"], b["to"]) for b in probes["position_loss"]] == [(0, 2), (2, 8), (8, 32)]
         assert [c["distance"] for c in probes["copy"]] == [4, 16]  # inside and past the window of 8
+        assert [c["distance"] for c in probes["copy_passage"]] == [4, 16]
         assert r["short_context_loss"] == probes["position_loss"][0]["loss"]
         assert r["copy_loss_far"] == probes["copy"][-1]["second_copy_loss"]
         row = next(line for line in report.splitlines() if line.startswith(f"| {r['variant']} | ") and "–" not in line)

@@ -15,6 +15,7 @@ from hf_attn.tools.comparison.probes import (
     position_edges,
     position_losses,
     probe_model,
+    random_segments,
     token_losses,
 )
 from hf_attn.tools.comparison.stats import axes_vs_reference, axis_verdict
@@ -86,7 +87,7 @@ def test_probes_on_a_tiny_model_and_their_plot(tmp_path):
     model = HfAttnForCausalLM(HfAttnConfig.from_preset("tiny", vocab_size=VOCAB))
     probes = probe_model(model, torch.randint(0, VOCAB, (4, 32)), 32, batch_size=4)
     assert [(b["from"], b["to"]) for b in probes["position_loss"]] == [(0, 2), (2, 8), (8, 32)]
-    assert [c["distance"] for c in probes["copy"]] == [4, 16]
+    assert [c["distance"] for c in probes["copy"]] == [c["distance"] for c in probes["copy_passage"]] == [4, 16]
     untrained = math.log(VOCAB)  # an untrained model is near uniform everywhere
     assert all(abs(b["loss"] - untrained) < 0.5 for b in probes["position_loss"])
     variants = [
@@ -121,3 +122,11 @@ def test_axis_verdicts_know_which_way_is_better():
         0.4667, abs=1e-4
     )
     assert far["paired_vs_mha"]["verdict"] == "worse than MHA"  # differences 0.5, 0.4, 0.5: interval above 0
+
+
+def test_random_segments_use_the_blocks_tokens_seeded():
+    blocks = torch.tensor([[3, 5, 7, 9] * 8, [11, 3, 5, 13] * 8])
+    drawn = random_segments(blocks)
+    assert drawn.shape == blocks.shape and set(drawn.unique().tolist()) <= {3, 5, 7, 9, 11, 13}
+    assert torch.equal(drawn, random_segments(blocks)) and not torch.equal(drawn, random_segments(blocks, seed=1))
+    assert len(drawn.unique()) > 3  # drawn across the whole set, not copied from the blocks

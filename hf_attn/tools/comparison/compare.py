@@ -548,7 +548,7 @@ def run_comparison(args: CompareArgs) -> dict:
 
 
 # Settings that may differ between comparisons that are merged: where and how each one ran.
-MERGE_FREE = ("seeds", "command", "output_dir", "seed", "overwrite", "resume", "progress")
+MERGE_FREE = ("seeds", "command", "output_dir", "seed", "overwrite", "resume", "progress", "mqar_results")
 
 
 def _settings(args: dict) -> dict:

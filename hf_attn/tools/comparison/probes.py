@@ -3,9 +3,11 @@
 - Loss by token position: the validation blocks' next-token loss, averaged over buckets of positions
   (0–32, 32–128, 128–512 at a 512-token block: `position_edges`). A design whose view of the past is cut
   (a sliding window) or compressed (a constant state) gains less from the far positions than full attention.
-- Copying ("Repeat After Me", Jelassi et al., 2024): a held-out passage of d tokens, then the same d tokens
-  again. The loss on the second copy against the first shows whether the model looks d tokens back and
-  copies; at a distance past the sliding window the window no longer holds the first copy.
+- Copying ("Repeat After Me", Jelassi et al., 2024): a segment of d random tokens (drawn from the tokens of
+  the validation blocks, seeded), then the same d tokens again. Random tokens are unpredictable the first
+  time, so a lower loss on the second copy can only come from looking d tokens back and copying; at a
+  distance past the sliding window the window no longer holds the first copy. The same on a held-out
+  passage (each block's first d tokens, twice) shows it on text, where the first copy is predictable too.
 
 Both take validation blocks as a (N, block) tensor of token ids and return plain numbers.
 """
@@ -68,9 +70,19 @@ def copy_probe(model, blocks: torch.Tensor, distances: tuple[int, ...], batch_si
     return probes
 
 
+def random_segments(blocks: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Blocks of the same shape whose tokens are drawn uniformly from the tokens that occur in `blocks`."""
+    tokens = blocks.unique()
+    generator = torch.Generator().manual_seed(seed)
+    return tokens[torch.randint(len(tokens), blocks.shape, generator=generator)]
+
+
 def probe_model(model, blocks: torch.Tensor, block_size: int, batch_size: int = 8) -> dict:
-    """Both probes on the first validation blocks: loss by position, and copying at `copy_distances`."""
+    """The probes on validation blocks: loss by position, and copying at `copy_distances` of random
+    segments ("copy") and of the blocks' own text ("copy_passage")."""
+    distances = copy_distances(block_size)
     return {
         "position_loss": position_losses(token_losses(model, blocks, batch_size), position_edges(block_size)),
-        "copy": copy_probe(model, blocks, copy_distances(block_size), batch_size),
+        "copy": copy_probe(model, random_segments(blocks), distances, batch_size),
+        "copy_passage": copy_probe(model, blocks, distances, batch_size),
     }

@@ -346,12 +346,15 @@ def probes_section(summary: dict) -> list[str]:
         + [f"{v['position_loss'][-1]['loss'] - v['position_loss'][0]['loss']:+.4f}"]
         for v in ok
     ]
-    copy_headers = ["variant"]
+    copy_headers = ["variant", "segment"]
     for c in copies:
         copy_headers += [f"d={c['distance']}: first copy", "second copy", "ratio"]
+    keys = ("first_copy_loss", "second_copy_loss", "ratio")
     copy_rows = [
-        [v["variant"], *(f"{c[k]:.3f}" for c in v["copy"] for k in ("first_copy_loss", "second_copy_loss", "ratio"))]
+        [v["variant"], name, *(f"{c[k]:.3f}" for c in v[kind] for k in keys)]
         for v in ok
+        for kind, name in (("copy", "random tokens"), ("copy_passage", "held-out text"))
+        if kind in v
     ]
     seeds = max(v["n_seeds"] for v in ok)
     return [
@@ -364,12 +367,13 @@ def probes_section(summary: dict) -> list[str]:
         "",
         "![loss_by_position.png](loss_by_position.png)",
         "",
-        "Copy probe: each block's first d tokens (a held-out passage), then the same d tokens again. Loss on "
-        "the first copy and on the second; ratio = second / first (1: the model does not copy; near 0: it "
-        f"copies from d tokens back). d = {', '.join(str(c['distance']) for c in copies)}: shorter and longer "
-        "than swa's window.",
+        "Copy probe: d tokens, then the same d tokens again: random tokens (drawn from the validation blocks' "
+        "tokens, seeded; the verdicts use these) and each block's first d tokens of held-out text. Loss on the "
+        "first copy and on the second; ratio = second / first (1: the model does not copy; near 0: it copies "
+        f"from d tokens back). d = {', '.join(str(c['distance']) for c in copies)}: shorter and longer than "
+        "swa's window.",
         "",
-        markdown_table(copy_headers, copy_rows, "l" + "r" * (len(copy_headers) - 1)),
+        markdown_table(copy_headers, copy_rows, "ll" + "r" * (len(copy_headers) - 2)),
         "",
     ]
 
@@ -443,7 +447,8 @@ def verdicts_section(summary: dict, mqar: dict | None = None) -> list[str]:
         "The MHA row gives its own values; every other row the design minus MHA, mean [95% t-interval] of the "
         "paired per-seed differences, and 'better'/'worse' when the interval excludes 0 (lower loss, higher "
         "speed and accuracy are better). Short-context loss: positions of the first bucket; far-position loss: "
-        "the last bucket; copy loss: the second copy at the longest distance (see the probe below); cache: "
+        "the last bucket; copy loss: the second copy of random tokens at the longest distance (see the probe "
+        "below); cache: "
         "bytes at the block length over MHA's; MQAR: the hf-attn-mqar benchmark's results"
         + (" (not given: `--mqar-results`)" if mqar is None else "")
         + ".",

@@ -177,10 +177,14 @@ def probe_means(ok: list[dict]) -> dict:
         for i, b in enumerate(probed[0]["position_loss"])
     ]
     keys = ("first_copy_loss", "second_copy_loss", "ratio")
-    copies = [
-        {**c, **{k: mean([p["copy"][i][k] for p in probed]) for k in keys}} for i, c in enumerate(probed[0]["copy"])
-    ]
-    return {"position_loss": buckets, "copy": copies}
+    copies = {
+        kind: [
+            {**c, **{k: mean([p[kind][i][k] for p in probed]) for k in keys}} for i, c in enumerate(probed[0][kind])
+        ]
+        for kind in ("copy", "copy_passage")
+        if kind in probed[0]
+    }
+    return {"position_loss": buckets, **copies}
 
 
 # The axes of the report's verdicts beside bits/char: the run record's field, and which way is better.
