@@ -27,7 +27,8 @@ from .mqar import MqarTask, TrainSettings, cell_name, check_cell, evaluate_cells
 from .stats import REFERENCE, axes_vs_reference, mean_std
 
 MARKER = "mqar_args.json"
-DEFAULT_VARIANTS = ("mha", "gqa", "mqa", "mla", "swa", "performer")
+# GQA with 2 K/V heads: the trunk's 4 query heads over 4 (the comparison's rule) would make it MQA.
+DEFAULT_VARIANTS = ("mha", "gqa:num_key_value_heads=2", "mqa", "mla", "swa", "performer")
 
 
 def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):

@@ -407,7 +407,7 @@ def mqar_headline(mqar: dict | None, variant: str) -> str:
     and, against MHA, the paired difference with the interval."""
     if mqar is None:
         return "—"
-    by_name = {v["variant"]: v for v in mqar["variants"] if v["status"] == "ok"}
+    by_name = {v["variant"].partition(":")[0]: v for v in mqar["variants"] if v["status"] == "ok"}  # by design
     if variant not in by_name:
         return "—"
     v = by_name[variant]
