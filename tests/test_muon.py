@@ -221,10 +221,15 @@ def test_grad_accum_with_muon_equals_one_big_batch(tmp_path):
 
 
 def test_bf16_mixed_precision_with_muon_learns(tmp_path):
-    result = train(tiny_args(tmp_path / "bf16", **MUON, mixed_precision="bf16", max_steps=20, eval_every=0))
-    log = read_jsonl(tmp_path / "bf16" / "train_log.jsonl")
+    # its own process: accelerate's state (mixed precision) is set once per process
+    out = tmp_path / "bf16"
+    flags = [*TINY_FLAGS, "--optimizer", "muon", "--mixed-precision", "bf16", "--max-steps", "20",
+             "--eval-every", "0", "--save-every", "0", "--output-dir", str(out)]  # fmt: skip
+    proc = subprocess.run([*entry_point("hf-attn-train"), *flags], env=script_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_jsonl(out / "train_log.jsonl")
     assert log[-1]["train_loss"] < log[0]["train_loss"] - 0.5
-    assert result["val_loss"] < 6.0
+    assert read_jsonl(out / "metrics.jsonl")[-1]["val_loss"] < 6.0
 
 
 def test_two_processes_with_muon_equal_one_process_with_their_batch(tmp_path):
