@@ -11,7 +11,7 @@ from conftest import entry_point
 
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.cli.mqar import parse_mqar_args
-from hf_attn.tools.comparison.mqar import FILLER, MqarTask, mqar_batch, recall_accuracy
+from hf_attn.tools.comparison.mqar import FILLER, MqarTask, mqar_batch, recall_accuracy, training_cell
 from hf_attn.tools.comparison.mqar_bench import mqar_config
 from hf_attn.tools.comparison.stats import t_quantile_975
 
@@ -129,3 +129,11 @@ def test_report_recomputes_the_paired_interval_against_mha(quick_mqar):
     assert f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]" in row
     means = {v["variant"]: v["accuracy"]["4x32"] for v in results["summary"]["variants"]}
     assert means["mha"] == pytest.approx((acc[("mha", 0)] + acc[("mha", 1)]) / 2)
+
+
+def test_the_curriculum_starts_on_the_shortest_cells():
+    cells = [(2, 32), (4, 32), (2, 128), (4, 128)]
+    first = {training_cell(cells, step, short_steps=10) for step in range(1, 11)}
+    later = {training_cell(cells, step, short_steps=10) for step in range(11, 21)}
+    assert first == {(2, 32), (4, 32)} and later == set(cells)
+    assert {training_cell(cells, step, short_steps=0) for step in range(1, 5)} == set(cells)

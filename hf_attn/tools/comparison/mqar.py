@@ -90,11 +90,12 @@ class TrainSettings:
     """The optimiser and schedule every design trains with."""
 
     steps: int = 1500
-    batch_size: int = 32
+    batch_tokens: int = 4096
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
+    short_steps: int = 0
     eval_every: int = 100
     eval_examples: int = 256
 
@@ -116,8 +117,16 @@ def evaluate_cells(model, task: MqarTask, cells: list[tuple[int, int]], examples
     return scores
 
 
+def training_cell(cells: list[tuple[int, int]], step: int, short_steps: int) -> tuple[int, int]:
+    """The cell of a training step: the first `short_steps` cycle through the cells of the shortest length
+    (recall is learnt there first: fewer filler tokens dilute the attention), then through all of them."""
+    if step <= short_steps:
+        cells = [c for c in cells if c[1] == min(length for _, length in cells)]
+    return cells[step % len(cells)]
+
+
 def train_mqar_model(model, task, cells, settings: TrainSettings, seed: int, on_eval=None) -> list[dict]:
-    """Train on the mixture of `cells` (one cell per step, in turn); returns the learning curve
+    """Train on the mixture of `cells` (one cell per step, `training_cell`); returns the learning curve
     (`on_eval(point)` sees each point as it is measured)."""
     generator = torch.Generator().manual_seed(seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -131,8 +140,8 @@ def train_mqar_model(model, task, cells, settings: TrainSettings, seed: int, on_
     curve, start, losses = [], time.perf_counter(), []
     model.train()
     for step in range(1, settings.steps + 1):
-        num_pairs, seq_len = cells[step % len(cells)]
-        ids, labels = mqar_batch(task, num_pairs, seq_len, settings.batch_size, generator)
+        num_pairs, seq_len = training_cell(cells, step, settings.short_steps)
+        ids, labels = mqar_batch(task, num_pairs, seq_len, max(1, settings.batch_tokens // seq_len), generator)
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)

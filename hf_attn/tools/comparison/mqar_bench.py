@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...model.configuration_hf_attn import HfAttnConfig
-from ...utils import ABOVE_ZERO, AT_LEAST_ONE, check_options, environment, prepare_output_dir
+from ...utils import ABOVE_ZERO, AT_LEAST_ONE, NOT_NEGATIVE, check_options, environment, prepare_output_dir
 from .compare import parse_variant
 from .mqar import MqarTask, TrainSettings, cell_name, check_cell, evaluate_cells, train_mqar_model
 from .stats import REFERENCE, axes_vs_reference, mean_std
@@ -53,12 +53,16 @@ class MqarArgs:
     intermediate_size: int = _help("the trunk's MLP width", 256)
     num_hidden_layers: int = _help("the trunk's depth (2: an induction circuit needs two layers)", 2)
     num_attention_heads: int = _help("query heads", 4)
-    steps: int = _help("training steps, each a batch of one cell, cycling through the grid", 1200)
-    batch_size: int = _help("examples per step", 48)
+    steps: int = _help("training steps, each a batch of one cell, cycling through the grid", 1100)
+    batch_tokens: int = _help(
+        "tokens per step: a step of length L holds batch_tokens // L examples (short cells give more answers a step)",
+        4096,
+    )
     lr: float = _help("AdamW peak learning rate (cosine decay after the warm-up)", 3e-3)
     warmup_steps: int = _help("linear warm-up steps", 50)
     weight_decay: float = _help("AdamW weight decay of the matrices", 0.1)
     max_grad_norm: float = _help("gradient clipping norm", 5.0)
+    short_steps: int = _help("first steps on the shortest length's cells only (a curriculum), then all cells", 300)
     eval_every: int = _help("steps between points of the learning curve", 100)
     eval_examples: int = _help("held-out examples per cell for the final accuracy (a quarter per curve point)", 256)
     workers: int = _help("runs trained at once, one CPU thread each", 2)
@@ -68,8 +72,9 @@ class MqarArgs:
     command: str = _help("the command line, for the report (set by hf-attn-mqar)", "")
 
     def __post_init__(self):
-        rules = {name: AT_LEAST_ONE for name in ("window", "key_vocab", "value_vocab", "steps", "batch_size")}
-        check_options(self, {**rules, "workers": AT_LEAST_ONE, "eval_every": AT_LEAST_ONE, "lr": ABOVE_ZERO})
+        rules = {name: AT_LEAST_ONE for name in ("window", "key_vocab", "value_vocab", "steps", "batch_tokens")}
+        rules |= {"workers": AT_LEAST_ONE, "eval_every": AT_LEAST_ONE, "lr": ABOVE_ZERO, "short_steps": NOT_NEGATIVE}
+        check_options(self, rules)
 
     @property
     def task(self) -> MqarTask:
@@ -98,7 +103,8 @@ QUICK = dict(
     intermediate_size=64,
     num_attention_heads=2,
     steps=8,
-    batch_size=8,
+    short_steps=2,
+    batch_tokens=256,
     eval_every=4,
     eval_examples=32,
     warmup_steps=2,

@@ -121,7 +121,9 @@ def mqar_header(args: dict, env: dict, wall_s: float) -> list[str]:
         f"values from {args['value_vocab']}; each key queried once at a random place after the pairs; loss and "
         f"accuracy on the answers only. Trunk: {args['num_hidden_layers']} layers, hidden {args['hidden_size']}, "
         f"{args['num_attention_heads']} heads, MLP {args['intermediate_size']}; swa's window {args['window']} tokens. "
-        f"Schedule: {t['steps']:,} steps of batch {t['batch_size']} cycling through the cells, AdamW lr {t['lr']} "
+        f"Schedule: {t['steps']:,} steps of {t['batch_tokens']:,} tokens (batch_tokens // length examples), "
+        f"one cell a step (the first {t['short_steps']:,} "
+        f"cycling through the shortest length's cells, then through all), AdamW lr {t['lr']} "
         f"(warm-up {t['warmup_steps']}, cosine), weight decay {t['weight_decay']}, gradient norm clipped at "
         f"{t['max_grad_norm']}; scored on {t['eval_examples']} "
         f"held-out examples per cell. Seeds {', '.join(map(str, args['seeds']))} (initialisation and data).",
