@@ -22,7 +22,14 @@ def main(argv=None) -> None:
     (options,) = parse([RaceOptions], argv, description=__doc__, positional="text_file")
     recipe = load_recipe(options.recipe)
     with tempfile.TemporaryDirectory() as tmp:
-        result = race(options.nanogpt_dir, options.text_file, recipe, options.budget, options.workdir or tmp)
+        result = race(
+            options.nanogpt_dir,
+            options.text_file,
+            recipe,
+            options.budget,
+            options.workdir or tmp,
+            options.nanogpt_iters,
+        )
     cmd = "python scripts/race_nanogpt.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_outputs(options, result, race_markdown(result, cmd, environment()))
 

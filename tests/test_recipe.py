@@ -72,8 +72,9 @@ def test_goals_are_marked_from_the_numbers():
     lines = goal_lines(60, {"val_bits_per_char": 2.44, "train_s": 59.0}, memory_ratio=1.6)
     assert lines == [
         "- <= 2.45 bits/char within 60 s of training: met (2.4400 in 59.0 s)",
-        "- <= 2.2 bits/char within 600 s of training: missed (2.4400 in 59.0 s)",
+        "- <= 2.2 bits/char within 600 s of training: not judged here (a run with --budget 600 judges it)",
         "- peak memory <= 1.5x nanoGPT's: missed (1.60x)",
     ]
     assert "missed" in goal_lines(60, {"val_bits_per_char": 2.44, "train_s": 61.0}, 1.0)[0]  # over the time
-    assert len(goal_lines(600, {"val_bits_per_char": 2.1, "train_s": 500.0}, 1.0)) == 2  # 60 s: not judged
+    ten_minutes = goal_lines(600, {"val_bits_per_char": 2.21, "train_s": 590.0}, 1.0)
+    assert "not judged" in ten_minutes[0] and "missed (2.2100 in 590.0 s)" in ten_minutes[1]
