@@ -53,7 +53,7 @@ class MqarArgs:
     intermediate_size: int = _help("the trunk's MLP width", 256)
     num_hidden_layers: int = _help("the trunk's depth (2: an induction circuit needs two layers)", 2)
     num_attention_heads: int = _help("query heads", 4)
-    steps: int = _help("training steps, each a batch of one cell, cycling through the grid", 1100)
+    steps: int = _help("training steps, each a batch of one cell, cycling through the grid", 1000)
     batch_tokens: int = _help(
         "tokens per step: a step of length L holds batch_tokens // L examples (short cells give more answers a step)",
         4096,
