@@ -100,20 +100,40 @@ def run_finetune_stage(bench: Bench, options: RealModelOptions, stage: FinetuneS
     return results["finetune"]
 
 
+def _before(results: dict, name: str) -> tuple[str, dict]:
+    if name == "source":
+        return "source (GQA)", results["source"]["scores"]
+    run = next(r for r in results["runs"] if r["fraction"] == float(name))
+    return f"MLA {float(name):g} of the cache, recovered", run["recovered"]
+
+
 def finetune_lines(results: dict) -> list[str]:
-    """The fine-tune table: each model's scores before (recovered, or the source) and after."""
-    record = results["finetune"]
+    """The fine-tune table (each model's scores before and after), and each conversion against the source
+    fine-tuned alike: the gap the fine-tune leaves, on the corpus it trained on and on the second text."""
+    runs = results["finetune"]["runs"]
     names = list(results["source"]["scores"])
     head = " | ".join(f"ppl {n} before | after" for n in names)
-    lines = [f"| model | {head} | train time, peak memory |", "|---" + "|---:" * (2 * len(names) + 1) + "|"]
-    for run in record["runs"]:
-        if run["name"] == "source":
-            label, before = "source (GQA)", results["source"]["scores"]
-        else:
-            label = f"MLA {float(run['name']):g} of the cache, recovered"
-            before = next(r for r in results["runs"] if r["fraction"] == float(run["name"]))["recovered"]
+    lines = [
+        f"| model | {head} | train time, tokens/s, peak memory |",
+        "|---" + "|---:" * (2 * len(names) + 1) + "|",
+    ]
+    for run in runs:
+        label, before = _before(results, run["name"])
         cells = " | ".join(f"{before[n]['perplexity']:.2f} | {run['scores'][n]['perplexity']:.2f}" for n in names)
-        lines.append(f"| {label} | {cells} | {run['seconds']:.0f} s, {run['peak_rss_mib']} MiB |")
+        speed = run.get("train_tokens_per_s") or 0
+        lines.append(f"| {label} | {cells} | {run['seconds']:.0f} s, {speed:.0f}, {run['peak_rss_mib']} MiB |")
+    lines += ["", "Wall times are the shared 2-core machine's: other jobs ran beside some of these runs, so the"
+              " times and tokens/s measure the load as much as the model."]  # fmt: skip
+    source = next((r for r in runs if r["name"] == "source"), None)
+    for run in runs:
+        if source is None or run is source:
+            continue
+        gaps = ", ".join(
+            f"{n} {run['scores'][n]['perplexity']:.2f} vs {source['scores'][n]['perplexity']:.2f} "
+            f"({100 * (run['scores'][n]['perplexity'] / source['scores'][n]['perplexity'] - 1):+.1f}%)"
+            for n in names
+        )
+        lines.append(f"\n- {_before(results, run['name'])[0]}, fine-tuned, against the source tuned alike: {gaps}")
     return lines
 
 
