@@ -1,6 +1,6 @@
 """Train every attention design on the same budget and write report.md, results.json and plots.
 
-    hf-attn-compare                       # the default run: six designs, about 13 minutes on 2 CPU cores
+    hf-attn-compare                       # default: six designs, 512-token blocks, about 20 minutes on 2 CPU cores
     hf-attn-compare --seeds 0,1,2 --output-dir runs/compare-seeds    # every design once per seed
     hf-attn-compare --sweep --output-dir runs/sweep     # a range of cache sizes per design, Pareto frontier
     hf-attn-compare --merge runs/seed-0 runs/seed-1 --output-dir runs/seeds   # seeds run on two machines
