@@ -535,7 +535,8 @@ def llama_cpp_sequences_decode(ctx, prompt_ids: list[int], sequences: int, steps
 
     The batch-1 steps run first, on sequence 0 alone (then removed from its cache); the batch steps then
     decode one token per sequence per call, as a server's continuous batch does. Returns the seconds of
-    the prefill and of each decode, the greedy token after the prompt, and each decode's tokens (steps x rows).
+    the prefill and of each decode's `steps` timed steps (after one untimed step), the greedy token after the
+    prompt, and each decode's tokens (steps + 1 x rows).
     """
     import llama_cpp
 
@@ -556,8 +557,10 @@ def llama_cpp_sequences_decode(ctx, prompt_ids: list[int], sequences: int, steps
                 llama_cpp.llama_memory_seq_rm(memory, 0, n, -1)
                 for seq in range(1, rows):
                     llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
-            tokens, start = [[token] * rows], time.perf_counter()
-            for step in range(steps):
+            tokens = [[token] * rows]
+            for step in range(steps + 1):  # the first step, untimed, builds the batch's compute graph
+                if step == 1:
+                    start = time.perf_counter()
                 _fill_batch(batch, tokens[-1], [n + step] * rows, list(range(rows)), [True] * rows)
                 _decode(ctx, batch)
                 tokens.append(_argmax_logits(ctx, list(range(rows)), vocab_size))
