@@ -245,7 +245,7 @@ NANOGPT_SCORE = """
 import math, sys, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 from model import GPT, GPTConfig
-ckpt = torch.load(sys.argv[2], map_location="cpu", weights_only=False)
+ckpt = torch.load(sys.argv[2], map_location="cpu", weights_only=True)  # tensors and plain values only
 state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
 model = GPT(GPTConfig(**ckpt["model_args"])); model.load_state_dict(state); model.eval()
 data = torch.from_numpy(np.fromfile(sys.argv[3], dtype=np.uint16).astype(np.int64))
