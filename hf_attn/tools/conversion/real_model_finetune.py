@@ -21,6 +21,7 @@ from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...train.loop import train
 from ...train.options import ModelOptions, TrainArgs
 from ...utils import read_jsonl
+from ..comparison.plots import save_line_plot
 from .importing import import_model
 from .real_model import Bench, RealModelOptions, measured, save
 
@@ -148,12 +149,6 @@ def plot_finetune(results: dict, path: str) -> str:
     for run in results["finetune"]["runs"]:
         label = "source (GQA)" if run["name"] == "source" else f"MLA {float(run['name']):g} cache"
         ax.plot([p["tokens"] for p in run["curve"]], [p["perplexity"] for p in run["curve"]], marker="o", label=label)
-    ax.set_xlabel("fine-tune tokens")
-    ax.set_ylabel("validation perplexity (default corpus)")
-    ax.set_title("SmolLM2-135M: full fine-tune with --init-from")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = "SmolLM2-135M: full fine-tune with --init-from"
+    save_line_plot(fig, ax, path, "fine-tune tokens", "validation perplexity (default corpus)", title)
     return path
