@@ -20,6 +20,7 @@ import torch
 
 from ...loading import load_model_and_tokenizer
 from ...model.modeling_hf_attn import HfAttnForCausalLM
+from ...utils import cache_bytes
 from ..benchmarks.decode import decode_steps, expand_cache_batch, filled_cache
 from .real_model import LlamaCppStageOptions, RealModelOptions, save
 from .real_model_finetune import finetune_lines, plot_finetune, source_folder
@@ -41,11 +42,6 @@ class DecodeStageOptions:
 def random_prompt(context: int, steps: int) -> list[int]:
     """Token ids that leave room for the timed steps (and one warm-up step) inside `context`."""
     return np.random.default_rng(0).integers(100, 40000, context - steps - 2).tolist()
-
-
-def cache_bytes(cache) -> int:
-    """The bytes of every tensor an hf_attn cache holds (keys, values, latents, counts)."""
-    return sum(v.nbytes for layer in cache.layers for v in vars(layer).values() if isinstance(v, torch.Tensor))
 
 
 @torch.inference_mode()
