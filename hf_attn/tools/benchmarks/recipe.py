@@ -85,6 +85,14 @@ CHANGES = [
     ),
     Change("batch 32", "twice the sequences per step (half the steps in the same time)", {"--batch-size": "32"}),
     Change("batch 8", "half the sequences per step (twice the steps)", {"--batch-size": "8"}),
+    Change(
+        "width 192",
+        "a wider model: hidden 192, MLP 512 (2.3x the parameters, fewer steps in the same time)",
+        overrides={"hidden_size": 192, "intermediate_size": 512},
+    ),
+    Change(
+        "vocab 1024", "a smaller BPE (shorter tokens: more tokens per character)", {"--train-tokenizer-vocab": "1024"}
+    ),
     Change("zero-init", "o_proj and down_proj start at zero", overrides={"zero_init_output_projections": True}),
     Change("warmup 50", "a longer warm-up", {"--warmup-steps": "50"}),
 ]
