@@ -1,5 +1,7 @@
 """The short-run recipe (docs/recipe): zero-initialised output projections; the ablation's and race's bookkeeping."""
 
+import json
+
 import pytest
 import torch
 
@@ -7,7 +9,9 @@ from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.cli.base import parse
 from hf_attn.model.configuration_hf_attn import ATTENTION_TYPES
 from hf_attn.tools.benchmarks.recipe import CHANGES, Recipe, chosen_changes, goal_lines
+from hf_attn.tools.benchmarks.recipe_compare import compare_markdown, compare_recipes, goals
 from hf_attn.train import CorpusSpec, ModelOptions, TrainOptions
+from hf_attn.utils import HfAttnError, environment
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
@@ -78,3 +82,41 @@ def test_goals_are_marked_from_the_numbers():
     assert "missed" in goal_lines(60, {"val_bits_per_char": 2.44, "train_s": 61.0}, 1.0)[0]  # over the time
     ten_minutes = goal_lines(600, {"val_bits_per_char": 2.21, "train_s": 590.0}, 1.0)
     assert "not judged" in ten_minutes[0] and "missed (2.2100 in 590.0 s)" in ten_minutes[1]
+
+
+def _compare_folder(path, optimizer: str, bits: dict, max_tokens: int = 4096):
+    """A finished hf-attn-compare folder as the recipe comparison reads it: results and arguments."""
+    config = HfAttnConfig.from_preset("tiny").to_dict()
+    train = {"optimizer": optimizer, "lr": 2e-3, "lr_schedule": "cosine", "min_lr_ratio": 0.1, "warmup_steps": 2,
+             "decay_fraction": 0.2, "weight_decay": 0.1, "beta2": 0.95, "muon_lr": 0.02, "muon_weight_decay": 0.0,
+             "muon_momentum": 0.95, "muon_adjust_lr": "original", "batch_size": 2, "block_size": 16,
+             "max_tokens": max_tokens, "max_grad_norm": 1.0}  # fmt: skip
+    runs = [
+        {"variant": v, "seed": 0, "status": "ok", "val_bits_per_char": b, "train_tokens_per_s": 1.0, "config": config}
+        for v, b in bits.items()
+    ]
+    path.mkdir()
+    (path / "results.json").write_text(json.dumps({"runs": runs}))
+    (path / "compare_args.json").write_text(json.dumps({"train": train}))
+    return str(path)
+
+
+def test_the_recipe_comparison_pairs_designs_and_times_both_optimizers(tmp_path):
+    old = _compare_folder(tmp_path / "old", "adamw", {"mha": 2.0, "mla": 2.1})
+    new = _compare_folder(tmp_path / "new", "muon", {"mha": 1.9, "mla": 2.15, "swa": 2.0})
+    result = compare_recipes(old, new, repeats=2)
+    assert [(r["variant"], round(r["change"], 6)) for r in result["rows"]] == [("mha", -0.1), ("mla", 0.05)]
+    assert set(result["step_time"]["samples_ms"]) == {"old", "new"} and result["step_time"]["ratio"] > 0
+    lines = goals(result)
+    assert lines[0].startswith("- mha improves by at least 0.05 bits/char: met (+0.1000")
+    markdown = compare_markdown(result, "cmd", environment())
+    assert "`optimizer` adamw → muon" in markdown and "| mla | 0 | 2.1000 | 2.1500 | +0.0500 |" in markdown
+
+
+def test_the_recipe_comparison_refuses_runs_of_different_budgets(tmp_path):
+    old = _compare_folder(tmp_path / "old", "adamw", {"mha": 2.0})
+    new = _compare_folder(tmp_path / "new", "muon", {"mha": 1.9}, max_tokens=8192)
+    with pytest.raises(HfAttnError, match="max_tokens: 4096 in the old run, 8192 in the new one"):
+        compare_recipes(old, new, repeats=1)
+    with pytest.raises(HfAttnError, match="results.json: not found"):
+        compare_recipes(str(tmp_path / "none"), new, repeats=1)
