@@ -305,12 +305,21 @@ def run_nanogpt(nanogpt_dir: str, text_file: str, workdir: str, iters: int = NAN
     }
 
 
+# What each side imports before it reads any data; hf_attn's model classes alone (transformers' PreTrainedModel
+# and what it imports) are the floor of any hf_attn process, its data pipeline (datasets) comes on top.
+IMPORTED_STACKS = (
+    ("hf_attn", "hf_attn.cli.train"),
+    ("hf_attn models only", "hf_attn.model"),
+    ("nanoGPT", "numpy, torch"),
+)
+
+
 def import_rss_bytes() -> dict:
     """Peak resident bytes of a process that only imports each side's stack: what is paid before any data."""
     code = "import resource, {}; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
     return {
         name: int(run_process([sys.executable, "-c", code.format(modules)])["stdout"])
-        for name, modules in (("hf_attn", "hf_attn.cli.train"), ("nanoGPT", "numpy, torch"))
+        for name, modules in IMPORTED_STACKS
     }
 
 
@@ -355,8 +364,11 @@ def race_markdown(result: dict, command: str, env: dict) -> str:
         f"evaluation, saving; nanoGPT: imports, training, evaluations, saves; its prepare.py took "
         f"{theirs['prepare_wall_s']:.1f} s more).",
         "",
-        f"Peak RSS of a process that only imports each stack: hf_attn {imports['hf_attn']:.0f} MB, "
-        f"nanoGPT (numpy, torch) {imports['nanoGPT']:.0f} MB.",
+        "Peak RSS of a process that only imports each stack: "
+        + ", ".join(
+            f"{name} ({modules}) {imports[name]:.0f} MB" for name, modules in IMPORTED_STACKS if name in imports
+        )
+        + ".",
         "",
         "Goals (issue 25):",
         "",
