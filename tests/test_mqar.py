@@ -11,7 +11,14 @@ from conftest import entry_point
 
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.cli.mqar import parse_mqar_args
-from hf_attn.tools.comparison.mqar import FILLER, MqarTask, mqar_batch, recall_accuracy, training_cell
+from hf_attn.tools.comparison.mqar import (
+    FILLER,
+    MqarTask,
+    mqar_batch,
+    recall_accuracy,
+    train_mqar_model,
+    training_cell,
+)
 from hf_attn.tools.comparison.mqar_bench import mqar_config
 from hf_attn.tools.comparison.stats import t_quantile_975
 
@@ -137,3 +144,16 @@ def test_the_curriculum_starts_on_the_shortest_cells():
     later = {training_cell(cells, step, short_steps=10) for step in range(11, 21)}
     assert first == {(2, 32), (4, 32)} and later == set(cells)
     assert {training_cell(cells, step, short_steps=0) for step in range(1, 5)} == set(cells)
+
+
+def test_muon_trains_the_decoder_matrices_and_adamw_the_rest():
+    args = parse_mqar_args(["--quick", "--optimizer", "muon", "--steps", "3"])
+    config = mqar_config(args, "mla")
+    torch.manual_seed(0)
+    model = HfAttnForCausalLM(config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_mqar_model(model, args.task, args.cells, args.train, seed=0)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == set(before)  # every parameter trained, by one optimizer or the other
+    with pytest.raises(SystemExit):
+        parse_mqar_args(["--quick", "--optimizer", "sgd"])

@@ -87,11 +87,18 @@ def recall_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, in
 
 @dataclass
 class TrainSettings:
-    """The optimiser and schedule every design trains with."""
+    """The optimiser and schedule every design trains with (the optimizer fields are hf-attn-train's,
+    read by `hf_attn.train.optim.make_optimizer`)."""
 
     steps: int = 1500
     batch_tokens: int = 4096
+    optimizer: str = "adamw"
     lr: float = 3e-3
+    beta2: float = 0.98
+    muon_lr: float = 0.02
+    muon_weight_decay: float = 0.0
+    muon_momentum: float = 0.95
+    muon_adjust_lr: str = "original"
     warmup_steps: int = 100
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
@@ -128,14 +135,10 @@ def training_cell(cells: list[tuple[int, int]], step: int, short_steps: int) -> 
 def train_mqar_model(model, task, cells, settings: TrainSettings, seed: int, on_eval=None) -> list[dict]:
     """Train on the mixture of `cells` (one cell per step, `training_cell`); returns the learning curve
     (`on_eval(point)` sees each point as it is measured)."""
+    from ...train.optim import make_optimizer
+
     generator = torch.Generator().manual_seed(seed)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": other, "weight_decay": 0.0}],
-        lr=settings.lr,
-        betas=(0.9, 0.98),
-    )
+    optimizer = make_optimizer(model, settings)
     schedule = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
     curve, start, losses = [], time.perf_counter(), []
     model.train()

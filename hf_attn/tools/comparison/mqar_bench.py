@@ -17,10 +17,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from ...model.configuration_hf_attn import HfAttnConfig
+from ...train.optim import OPTIMIZERS
 from ...utils import ABOVE_ZERO, AT_LEAST_ONE, NOT_NEGATIVE, check_options, environment, prepare_output_dir
 from .compare import parse_variant
 from .mqar import MqarTask, TrainSettings, cell_name, check_cell, evaluate_cells, train_mqar_model
@@ -58,7 +60,13 @@ class MqarArgs:
         "tokens per step: a step of length L holds batch_tokens // L examples (short cells give more answers a step)",
         2048,
     )
+    optimizer: Literal[OPTIMIZERS] = _help(
+        "adamw, or muon: torch.optim.Muon on the decoder layers' matrices (--muon-lr), AdamW on the rest "
+        "(hf-attn-train's --optimizer)",
+        "adamw",
+    )
     lr: float = _help("AdamW peak learning rate (cosine decay after the warm-up)", 3e-3)
+    muon_lr: float = _help("muon: peak learning rate of the Muon matrices", 0.02)
     warmup_steps: int = _help("linear warm-up steps", 50)
     weight_decay: float = _help("AdamW weight decay of the matrices", 0.1)
     max_grad_norm: float = _help("gradient clipping norm", 10.0)
@@ -74,7 +82,7 @@ class MqarArgs:
     def __post_init__(self):
         rules = {name: AT_LEAST_ONE for name in ("window", "key_vocab", "value_vocab", "steps", "batch_tokens")}
         rules |= {"workers": AT_LEAST_ONE, "eval_every": AT_LEAST_ONE, "lr": ABOVE_ZERO, "short_steps": NOT_NEGATIVE}
-        check_options(self, rules)
+        check_options(self, rules | {"muon_lr": ABOVE_ZERO})
 
     @property
     def task(self) -> MqarTask:
@@ -86,7 +94,7 @@ class MqarArgs:
 
     @property
     def train(self) -> TrainSettings:
-        names = [f.name for f in dataclasses.fields(TrainSettings)]
+        names = [f.name for f in dataclasses.fields(TrainSettings) if hasattr(self, f.name)]
         return TrainSettings(**{name: getattr(self, name) for name in names})
 
 

@@ -104,6 +104,13 @@ def plot_learning_curves(path: str, runs: list[dict]) -> dict:
     return drawn
 
 
+def optimizer_text(args: dict) -> str:
+    """The optimizer and its rates, as the report states them (runs before the option were AdamW)."""
+    if args.get("optimizer", "adamw") == "muon":
+        return f"Muon lr {args['muon_lr']} on the decoder layers' matrices and AdamW lr {args['lr']} on the rest"
+    return f"AdamW lr {args['lr']}"
+
+
 def mqar_header(args: dict, env: dict, wall_s: float) -> list[str]:
     """Title, command, machine, and the task, trunk and schedule every design shares."""
     t = args
@@ -123,7 +130,7 @@ def mqar_header(args: dict, env: dict, wall_s: float) -> list[str]:
         f"{args['num_attention_heads']} heads, MLP {args['intermediate_size']}; swa's window {args['window']} tokens. "
         f"Schedule: {t['steps']:,} steps of {t['batch_tokens']:,} tokens (batch_tokens // length examples), "
         f"one cell a step (the first {t['short_steps']:,} "
-        f"cycling through the shortest length's cells, then through all), AdamW lr {t['lr']} "
+        f"cycling through the shortest length's cells, then through all), {optimizer_text(t)} "
         f"(warm-up {t['warmup_steps']}, cosine), weight decay {t['weight_decay']}, gradient norm clipped at "
         f"{t['max_grad_norm']}; scored on {t['eval_examples']} "
         f"held-out examples per cell. Seeds {', '.join(map(str, args['seeds']))} (initialisation and data).",
