@@ -158,6 +158,28 @@ def is_offline() -> bool:
     return any(os.environ.get(name, "").upper() in _TRUE for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since it started (exec'd), in bytes.
+
+    Linux's `getrusage(...).ru_maxrss` is not that: exec keeps the largest resident set the process
+    had before (the parent's, copied at fork), so a small child of a 500 MB parent reports 500 MB.
+    /proc/self/status's VmHWM belongs to the memory map the exec created; ru_maxrss is the fallback
+    where there is no /proc (it is in KiB on Linux, in bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def environment() -> dict:
     """What a reader needs to judge a number: library versions, machine, threads, and the git commit."""
     import accelerate

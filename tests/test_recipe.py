@@ -1,6 +1,8 @@
 """The short-run recipe (docs/recipe): zero-initialised output projections; the ablation's and race's bookkeeping."""
 
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -8,10 +10,10 @@ import torch
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.cli.base import parse
 from hf_attn.model.configuration_hf_attn import ATTENTION_TYPES
-from hf_attn.tools.benchmarks.recipe import CHANGES, Recipe, chosen_changes, goal_lines
+from hf_attn.tools.benchmarks.recipe import CHANGES, Recipe, chosen_changes, goal_lines, run_process
 from hf_attn.tools.benchmarks.recipe_compare import compare_markdown, compare_recipes, goals
 from hf_attn.train import CorpusSpec, ModelOptions, TrainOptions
-from hf_attn.utils import HfAttnError, environment
+from hf_attn.utils import HfAttnError, environment, peak_rss_bytes
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
@@ -120,3 +122,14 @@ def test_the_recipe_comparison_refuses_runs_of_different_budgets(tmp_path):
         compare_recipes(old, new, repeats=1)
     with pytest.raises(HfAttnError, match="results.json: not found"):
         compare_recipes(str(tmp_path / "none"), new, repeats=1)
+
+
+def test_a_child_s_peak_memory_is_its_own_not_its_parent_s():
+    # This test process holds torch and transformers (hundreds of MB); a bare python child holds ~10 MB.
+    # Linux's ru_maxrss would give such a child this process's peak (exec keeps it); run_process does not.
+    parent = peak_rss_bytes()
+    with open("/proc/self/statm") as f:
+        resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert parent >= resident > 200 * 2**20
+    bare = run_process([sys.executable, "-c", "pass"])["peak_rss_bytes"]
+    assert bare < 100 * 2**20

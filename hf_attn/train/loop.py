@@ -60,7 +60,6 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
 import sys
 import time
@@ -78,7 +77,7 @@ from ..loading import check_coverage, file_shapes, load_model, read_json_object
 from ..loading import load_tokenizer as load_saved_tokenizer
 from ..model.configuration_hf_attn import HfAttnConfig
 from ..model.modeling_hf_attn import HfAttnForCausalLM
-from ..utils import HfAttnError, append_jsonl, check_output_dir, flag, read_jsonl, write_jsonl
+from ..utils import HfAttnError, append_jsonl, check_output_dir, flag, peak_rss_bytes, read_jsonl, write_jsonl
 from .data import load_text_splits, pack_splits
 from .evaluation import evaluate_loss, lm_metrics
 from .optim import make_optimizer, make_schedule
@@ -747,7 +746,7 @@ def summarize(run: Run, state: RunState, model) -> dict:
 def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return peak_rss_bytes()
 
 
 @torch.no_grad()

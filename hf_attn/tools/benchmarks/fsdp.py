@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ...utils import format_table
+from ...utils import format_table, peak_rss_bytes
 from .memory import PeakRSS, return_freed_memory
 from .timing import write_json
 
@@ -75,7 +74,7 @@ def worker(options: FsdpBenchOptions, preset: str) -> None:
         optimizer.zero_grad()
     seconds = time.perf_counter() - start
     held = local_bytes(model, optimizer)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = peak_rss_bytes()
     mine = torch.tensor([held["parameter_bytes"], held["optimizer_bytes"], peak, baseline], dtype=torch.float64)
     every = accelerator.gather(mine.reshape(1, -1)).reshape(world, -1).tolist()
     if accelerator.is_main_process:

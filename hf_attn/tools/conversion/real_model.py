@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from ...model.modeling_hf_attn import HfAttnForCausalLM
 from ...train.data import CorpusSpec, build_lm_data
+from ...utils import peak_rss_bytes
 from .convert import attention_errors, calibration_ids, convert_to_mla
 from .importing import import_model
 from .recovery import RecoveryOptions, recover_attention
@@ -101,7 +101,7 @@ def measured(fn, *args, **kwargs):
     """(result, {"seconds", "peak_rss_mib"}): the process's peak resident memory so far, after the call."""
     start = time.perf_counter()
     result = fn(*args, **kwargs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_bytes() / 2**20
     return result, {"seconds": round(time.perf_counter() - start, 1), "peak_rss_mib": round(peak)}
 
 
