@@ -10,7 +10,7 @@ import torch
 from hf_attn import HfAttnConfig, HfAttnForCausalLM
 from hf_attn.cli.base import parse
 from hf_attn.model.configuration_hf_attn import ATTENTION_TYPES
-from hf_attn.tools.benchmarks.recipe import CHANGES, Recipe, chosen_changes, goal_lines, run_process
+from hf_attn.tools.benchmarks.recipe import CHANGES, Recipe, chosen_changes, goal_lines, load_recipe, run_process
 from hf_attn.tools.benchmarks.recipe_compare import compare_markdown, compare_recipes, goals
 from hf_attn.train import CorpusSpec, ModelOptions, TrainOptions
 from hf_attn.utils import HfAttnError, environment, peak_rss_bytes
@@ -133,3 +133,11 @@ def test_a_child_s_peak_memory_is_its_own_not_its_parent_s():
     assert parent >= resident > 200 * 2**20
     bare = run_process([sys.executable, "-c", "pass"])["peak_rss_bytes"]
     assert bare < 100 * 2**20
+
+
+def test_the_race_can_size_the_recipe_s_model_for_a_longer_budget():
+    recipe = load_recipe("old", "hidden_size=256,intermediate_size=688")
+    assert recipe.overrides == {**Recipe().overrides, "hidden_size": 256, "intermediate_size": 688}
+    assert recipe.flags == Recipe().flags
+    with pytest.raises(ValueError, match="--overrides: 'nope' is not an HfAttnConfig field"):
+        load_recipe("old", "nope=1")

@@ -449,6 +449,13 @@ class RaceOptions:
         default="docs/recipe/ablation.json",
         metadata={"help": "the ablation's output, whose final recipe hf_attn runs; 'old': docs/training.md's"},
     )
+    overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "HfAttnConfig fields on top of the recipe's, e.g. a model sized for a longer budget: "
+            "'hidden_size=256,intermediate_size=688' (hf-attn-train's --config-overrides syntax)"
+        },
+    )
     budget: float = field(default=60.0, metadata={"help": "hf_attn's seconds of training steps"})
     nanogpt_iters: int = field(default=NANOGPT_ITERS, metadata={"help": "nanoGPT's iterations (its CPU recipe: 2000)"})
     workdir: str | None = field(default=None, metadata={"help": "where the runs go (default: a temporary folder)"})
@@ -468,12 +475,17 @@ def check_text_file(path: str | None) -> None:
         )
 
 
-def load_recipe(path: str) -> Recipe:
-    """The final recipe of an ablation's JSON output, or the old recipe for 'old'."""
+def load_recipe(path: str, overrides: str | None = None) -> Recipe:
+    """The final recipe of an ablation's JSON output, or the old recipe for 'old'; `overrides` (k=v,...)
+    replace or add HfAttnConfig fields."""
+    from ...train.options import parse_overrides
+
     if path == "old":
-        return Recipe()
-    with open(path) as f:
-        return Recipe(**json.load(f)["results"]["recipe"])
+        recipe = Recipe()
+    else:
+        with open(path) as f:
+            recipe = Recipe(**json.load(f)["results"]["recipe"])
+    return recipe.with_change(Change("overrides", "", overrides=parse_overrides(overrides or "", "--overrides")))
 
 
 def chosen_changes(names: list[str] | None) -> list[Change]:
