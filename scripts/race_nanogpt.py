@@ -2,7 +2,7 @@
 
     flock /tmp/hf_attn_cpu.lock python scripts/race_nanogpt.py tinyshakespeare.txt --nanogpt-dir nanoGPT
     python scripts/race_nanogpt.py tinyshakespeare.txt --nanogpt-dir nanoGPT --budget 600 \\
-        --overrides hidden_size=256,intermediate_size=688 \\
+        --overrides hidden_size=256,intermediate_size=688,attention_dropout=0.1 --flags "--muon-weight-decay 0.1" \\
         --json docs/recipe/race_10min.json --markdown docs/recipe/race_10min.md
 
 nanoGPT runs from a copy of --nanogpt-dir, as its own scripts (prepare.py, train.py); nothing of it is
@@ -21,7 +21,7 @@ from hf_attn.utils import environment
 @command
 def main(argv=None) -> None:
     (options,) = parse([RaceOptions], argv, description=__doc__, positional="text_file")
-    recipe = load_recipe(options.recipe, options.overrides)
+    recipe = load_recipe(options.recipe, options.overrides, options.flags)
     with tempfile.TemporaryDirectory() as tmp:
         result = race(
             options.nanogpt_dir,

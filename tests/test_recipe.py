@@ -141,3 +141,10 @@ def test_the_race_can_size_the_recipe_s_model_for_a_longer_budget():
     assert recipe.flags == Recipe().flags
     with pytest.raises(ValueError, match="--overrides: 'nope' is not an HfAttnConfig field"):
         load_recipe("old", "nope=1")
+    assert load_recipe("old", flags="--muon-weight-decay 0.1 --lr 1e-3").flags == {
+        **Recipe().flags,
+        "--muon-weight-decay": "0.1",
+        "--lr": "1e-3",
+    }
+    with pytest.raises(ValueError, match="give pairs of a flag and its value"):
+        load_recipe("old", flags="--muon-weight-decay")

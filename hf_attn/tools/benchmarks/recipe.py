@@ -456,6 +456,12 @@ class RaceOptions:
             "'hidden_size=256,intermediate_size=688' (hf-attn-train's --config-overrides syntax)"
         },
     )
+    flags: str | None = field(
+        default=None,
+        metadata={
+            "help": "hf-attn-train flags with their values on top of the recipe's, e.g. '--muon-weight-decay 0.1'"
+        },
+    )
     budget: float = field(default=60.0, metadata={"help": "hf_attn's seconds of training steps"})
     nanogpt_iters: int = field(default=NANOGPT_ITERS, metadata={"help": "nanoGPT's iterations (its CPU recipe: 2000)"})
     workdir: str | None = field(default=None, metadata={"help": "where the runs go (default: a temporary folder)"})
@@ -475,17 +481,24 @@ def check_text_file(path: str | None) -> None:
         )
 
 
-def load_recipe(path: str, overrides: str | None = None) -> Recipe:
+def load_recipe(path: str, overrides: str | None = None, flags: str | None = None) -> Recipe:
     """The final recipe of an ablation's JSON output, or the old recipe for 'old'; `overrides` (k=v,...)
-    replace or add HfAttnConfig fields."""
+    replace or add HfAttnConfig fields, `flags` ('--flag value ...') hf-attn-train flags."""
+    import shlex
+
     from ...train.options import parse_overrides
+
+    words = shlex.split(flags or "")
+    if len(words) % 2 or not all(w.startswith("--") for w in words[::2]):
+        raise ValueError(f"--flags {flags!r}: give pairs of a flag and its value, e.g. '--muon-weight-decay 0.1'")
 
     if path == "old":
         recipe = Recipe()
     else:
         with open(path) as f:
             recipe = Recipe(**json.load(f)["results"]["recipe"])
-    return recipe.with_change(Change("overrides", "", overrides=parse_overrides(overrides or "", "--overrides")))
+    extra = Change("given", "", dict(zip(words[::2], words[1::2])), parse_overrides(overrides or "", "--overrides"))
+    return recipe.with_change(extra)
 
 
 def chosen_changes(names: list[str] | None) -> list[Change]:
