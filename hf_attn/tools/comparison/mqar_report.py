@@ -9,7 +9,7 @@ import os
 
 from ...utils import markdown_table
 from .plots import _pyplot, save_line_plot
-from .report import _difference
+from .report import _difference, optimizer_text
 
 
 def accuracy_table(summary: dict) -> str:
@@ -102,13 +102,6 @@ def plot_learning_curves(path: str, runs: list[dict]) -> dict:
     title = "MQAR learning curves (one line per seed; a quarter of the held-out examples per point)"
     save_line_plot(fig, ax, path, "training step", "recall accuracy, mean over the cells", title)
     return drawn
-
-
-def optimizer_text(args: dict) -> str:
-    """The optimizer and its rates, as the report states them (runs before the option were AdamW)."""
-    if args.get("optimizer", "adamw") == "muon":
-        return f"Muon lr {args['muon_lr']} on the decoder layers' matrices and AdamW lr {args['lr']} on the rest"
-    return f"AdamW lr {args['lr']}"
 
 
 def mqar_header(args: dict, env: dict, wall_s: float) -> list[str]:

@@ -186,11 +186,28 @@ def header(args: dict, env: dict, wall_s: float, title: str) -> list[str]:
         "",
         f"Every variant: preset `{train['model']['preset'] or DEFAULT_PRESET}` trunk, "
         f"block size {train['block_size']}, batch {train['batch_size']}, {train['max_tokens']:,} training tokens, "
-        f"lr {train['lr']}, seed{'s' if len(args['seeds']) > 1 else ''} {seeds} (initialisation and data order; "
+        f"{optimizer_text(train)}, {schedule_text(train)}, "
+        f"seed{'s' if len(args['seeds']) > 1 else ''} {seeds} (initialisation and data order; "
         f"every variant sees the same order for a seed), tokenizer `{train['tokenizer']}`, corpus: "
         f"{describe_corpus(train['corpus'])}.",
         "",
     ]
+
+
+def optimizer_text(train: dict) -> str:
+    """The optimizer and its peak rates as a report states them (runs from before the option: AdamW)."""
+    if train.get("optimizer", "adamw") == "muon":
+        return f"Muon lr {train['muon_lr']} on the decoder layers' matrices and AdamW lr {train['lr']} on the rest"
+    return f"AdamW lr {train['lr']}"
+
+
+def schedule_text(train: dict) -> str:
+    """hf-attn-train's schedule options in words."""
+    floor = f"to {train['min_lr_ratio']:g}x the peak"
+    if train.get("lr_schedule", "cosine") == "wsd":
+        decay = f"{train['decay_fraction']:.0%}"
+        return f"warm-up {train['warmup_steps']}, stable, linear decay over the last {decay} {floor}"
+    return f"warm-up {train['warmup_steps']}, cosine {floor}"
 
 
 def describe_corpus(corpus: dict) -> str:
