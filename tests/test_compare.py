@@ -303,3 +303,19 @@ def test_probes_and_verdicts_are_reported_from_results_json(quick_run):
     )
     assert f"{swa['mean']:+.4f} (one seed)" in verdicts
     assert (out / "loss_by_position.png").stat().st_size > 10_000 and "](loss_by_position.png)" in report
+
+
+def test_the_comparison_trains_with_the_measured_recipe_and_reports_it():
+    from hf_attn.cli.compare import parse_compare_args
+    from hf_attn.tools.comparison.report import optimizer_text, schedule_text
+
+    train = parse_compare_args([]).train
+    assert (train.optimizer, train.lr_schedule, train.decay_fraction, train.min_lr_ratio) == ("muon", "wsd", 0.3, 0.0)
+    assert parse_compare_args(["--optimizer", "adamw", "--lr-schedule", "cosine"]).train.optimizer == "adamw"
+    text = f"{optimizer_text(vars(train))}, {schedule_text(vars(train))}"
+    assert text == (
+        "Muon lr 0.02 on the decoder layers' matrices and AdamW lr 0.002 on the rest, "
+        "warm-up 30, stable, linear decay over the last 30% to 0x the peak"
+    )
+    adamw = {"lr": 0.002, "warmup_steps": 30, "min_lr_ratio": 0.1}  # a run from before the options
+    assert f"{optimizer_text(adamw)}, {schedule_text(adamw)}" == "AdamW lr 0.002, warm-up 30, cosine to 0.1x the peak"
