@@ -24,6 +24,7 @@ from ...train.optim import make_optimizer
 from ...utils import HfAttnError, markdown_table
 from ..comparison.stats import REFERENCE
 from .timing import paired_ratio, summarize, time_alternating
+from .training import make_train_step
 
 BPC_GOAL = 0.05  # bits/char the reference design must gain under the new recipe
 STEP_TIME_GOAL = 1.05  # at most this ratio of seconds per step, new recipe over old
@@ -83,18 +84,6 @@ def quality_rows(old: dict, new: dict) -> list[dict]:
     return rows
 
 
-def _train_step(model: torch.nn.Module, optimizer, batch: torch.Tensor, max_grad_norm: float):
-    def step() -> float:
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return step
-
-
 def step_times(config: dict, recipes: dict[str, dict], repeats: int, warmup: int = 3, seed: int = 0) -> dict:
     """Seconds per training step of the same model (same weights, same batch) under each recipe's optimizer,
     interleaved; {"samples_ms": {name: summary}, "ratio": new over old (median of paired ratios)}."""
@@ -105,9 +94,8 @@ def step_times(config: dict, recipes: dict[str, dict], repeats: int, warmup: int
     fns = {}
     for name, recipe in recipes.items():
         model = copy.deepcopy(base)
-        fns[name] = _train_step(
-            model, make_optimizer(model, SimpleNamespace(**recipe)), batch, recipe["max_grad_norm"]
-        )
+        optimizer = make_optimizer(model, SimpleNamespace(**recipe))
+        fns[name] = make_train_step(model, batch, optimizer=optimizer, max_grad_norm=recipe["max_grad_norm"])
     times = time_alternating(fns, repeats, warmup=warmup, desc="step time")
     old, new = list(recipes)
     return {

@@ -71,13 +71,22 @@ def swiglu_intermediate_size(hidden_size: int, multiple_of: int = 8) -> int:
     return multiple_of * round(4 * hidden_size * 2 / 3 / multiple_of)
 
 
-def make_train_step(model: torch.nn.Module, input_ids: torch.Tensor, lr: float = 3e-4) -> Callable[[], float]:
-    """One training step on a fixed batch: forward with labels, backward, AdamW step, zero_grad."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+def make_train_step(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    lr: float = 3e-4,
+    optimizer: torch.optim.Optimizer | None = None,
+    max_grad_norm: float | None = None,
+) -> Callable[[], float]:
+    """One training step on a fixed batch: forward with labels, backward, clipping when `max_grad_norm`
+    is given, the optimizer's step (AdamW at `lr` unless one is given), zero_grad."""
+    optimizer = optimizer if optimizer is not None else torch.optim.AdamW(model.parameters(), lr=lr)
 
     def step() -> float:
         loss = model(input_ids=input_ids, labels=input_ids).loss
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
